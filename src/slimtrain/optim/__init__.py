@@ -1,0 +1,17 @@
+"""slimtrain.optim: memory-efficient optimizers built from one composable pipeline.
+
+Use a recipe class (``AdamW``, ``GaLoreAdamW``) or the registry::
+
+    opt = slimtrain.optim.create("galore-adamw", model, rank=128)
+    slimtrain.optim.available()   # ['adamw', 'galore-adamw', ...]
+"""
+
+from .core import GROUP_DEFAULTS, STATE_FORMAT, PipelineOptimizer
+from .recipes import AdamW, GaLoreAdamW
+from .registry import available, create, recipe, register
+from .targets import DEFAULT_TARGETS
+
+__all__ = [
+    "AdamW", "GaLoreAdamW", "PipelineOptimizer", "available", "create", "recipe", "register",
+    "DEFAULT_TARGETS", "GROUP_DEFAULTS", "STATE_FORMAT",
+]

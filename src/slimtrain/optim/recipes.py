@@ -1,0 +1,64 @@
+"""Recipes: named configurations of the pipeline with their authors' defaults."""
+
+from __future__ import annotations
+
+from .core import PipelineOptimizer
+from .targets import build_param_groups
+
+
+class AdamW(PipelineOptimizer):
+    r"""AdamW (Loshchilov & Hutter, 2019) through slimtrain's pipeline with no projection.
+
+    Per parameter: ``W ← W·(1 − lr·λ)``; ``M ← β₁M + (1−β₁)G``; ``V ← β₂V + (1−β₂)G²``;
+    ``W ← W − lr · (M/(1−β₁ᵗ)) / (√(V/(1−β₂ᵗ)) + ε)``. Equals ``torch.optim.AdamW`` bit for bit
+    (same defaults) — it exists so every recipe shares one Adam and one state format.
+    """
+
+    state_formula = "2·numel moments (parameter dtype) + one fp32 step counter per parameter"
+
+    def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
+                 check_finite: bool = True):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        eps_mode=eps_mode, foreach=foreach, check_finite=check_finite)
+        super().__init__(build_param_groups(model_or_params, projection=None), defaults)
+
+
+class GaLoreAdamW(PipelineOptimizer):
+    r"""GaLore with Adam (Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+    Projection", ICML 2024, Alg. 2).
+
+    For each target matrix W (m×n), every ``refresh_every`` steps the basis P (the top-``rank``
+    singular vectors of the current gradient on the smaller side) is recomputed; every step
+    ``R = PᵀG`` (or ``G Qᵀ``), Adam runs on R (state r × max(m, n)), and
+    ``W ← W·(1 − lr·λ) − lr·α·P·Adam(R)``. Parameters outside ``targets`` train with AdamW.
+
+    Differences from galore-torch 1.0, all deliberate: the default basis is a warm-started
+    randomized SVD (``basis="svd"`` gives galore-torch's exact SVD); eps is added after bias
+    correction as in torch's AdamW (``eps_mode="hf"`` reproduces galore-torch's placement);
+    weight decay is applied before the update, as torch does (galore-torch applies it after).
+    Matrices with ``rank >= min(m, n)`` fall back to AdamW with a warning instead of keeping a
+    full-size "low-rank" state.
+
+    Param groups written for ``galore_torch.GaLoreAdamW`` (``rank``, ``update_proj_gap``,
+    ``scale``, ``proj_type``) are accepted unchanged.
+    """
+
+    state_formula = ("projected m×n: 2·r·max(m,n) moments + r·min(m,n) fp32 basis + 2 fp32 "
+                     "counters; others: as AdamW")
+
+    def __init__(self, model_or_params, lr: float = 0.01, rank: int = 128, refresh_every: int = 200,
+                 scale: float = 0.25, basis: str = "randomized", switch: str = "keep", targets=None,
+                 betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0, *,
+                 side: str = "auto", stagger: bool = False, power_iters: int = 1,
+                 oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
+                 check_finite: bool = True):
+        projection = dict(rank=rank, refresh_every=refresh_every, scale=scale)
+        # Group-level options that only matter for projected groups are defaults for all groups,
+        # so galore-style groups (which carry just rank/update_proj_gap/scale/proj_type) get them.
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        eps_mode=eps_mode, refresh_every=refresh_every, scale=scale, basis=basis,
+                        switch=switch, side=side, stagger=stagger, power_iters=power_iters,
+                        oversample=oversample, foreach=foreach, check_finite=check_finite)
+        super().__init__(build_param_groups(model_or_params, projection=projection,
+                                            targets=targets), defaults)

@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+
+import warnings
+
+import torch
+
+
+def tiny_llama(vocab_size: int = 256, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A small transformers LlamaForCausalLM for tests (untied embeddings, as the GaLore configs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden + 16,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=128, tie_word_embeddings=False)
+    return LlamaForCausalLM(config)
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def stdlib_bytes(n_bytes: int) -> torch.Tensor:
+    """Real human-written text available offline: Python standard-library sources, as bytes."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= n_bytes:
+            break
+    return torch.tensor(list(b"".join(chunks)[:n_bytes]), dtype=torch.long)
