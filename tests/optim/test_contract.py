@@ -9,6 +9,7 @@ import torch
 
 import slimtrain.optim as so
 
+from ..helpers import quiet
 from .cases import CASES
 
 SHAPES = {"tall": (24, 12), "wide": (12, 24), "square": (16, 16)}
@@ -68,16 +69,18 @@ def test_full_rank_limit_equals_torch_adamw(case):
         opt = case.build(named, **overrides)
     if case.projects:
         assert any("saves nothing" in str(w.message) for w in caught)
-    for foreach in (False, True):
-        ref = torch.optim.AdamW([p for _, p in ref_named], foreach=foreach, **case.adamw_equivalent)
-        opt = case.build(named, **overrides, foreach=foreach) if foreach else opt
+    impls = [(dict(fused=True), dict(fused=True)), (dict(fused=False), dict(foreach=True)),
+             (dict(fused=False, foreach=False), dict(foreach=False))]
+    for ours_kw, torch_kw in impls:
+        ref = torch.optim.AdamW([p for _, p in ref_named], **torch_kw, **case.adamw_equivalent)
+        opt = quiet(case.build, named, **overrides, **ours_kw)
         for k in range(5):
             set_grads(named, k)
             set_grads(ref_named, k)
             opt.step()
             ref.step()
         for (name, p), (_, q) in zip(named, ref_named):
-            assert torch.equal(p, q), f"{name} differs from torch.optim.AdamW (foreach={foreach})"
+            assert torch.equal(p, q), f"{name} differs from torch.optim.AdamW({torch_kw})"
 
 
 def test_resume_is_bit_identical_across_a_refresh(case, tmp_path):
@@ -157,13 +160,17 @@ def test_unknown_recipe():
         so.create("galore-adam", named_params())
 
 
-def test_foreach_matches_forloop_in_float64(case):
-    a = named_params(torch.float64)
-    b = named_params(torch.float64)
-    run(case, a, 7, foreach=True)
-    run(case, b, 7, foreach=False)
-    for (name, p), (_, q) in zip(a, b):
-        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14, msg=f"{name}: foreach != for-loop")
+def test_implementations_agree_in_float64(case):
+    """for-loop == foreach bit for bit; fused (torch's kernel) == for-loop to rounding."""
+    results = {}
+    for label, kw in (("forloop", dict(fused=False, foreach=False)), ("foreach", dict(fused=False)),
+                      ("fused", dict(fused=True))):
+        named = named_params(torch.float64)
+        run(case, named, 7, **kw)
+        results[label] = named
+    for (name, p), (_, q), (_, f) in zip(results["forloop"], results["foreach"], results["fused"]):
+        assert torch.equal(p, q), f"{name}: foreach != for-loop"
+        torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-13, msg=f"{name}: fused != for-loop")
 
 
 def test_planned_state_bytes_equal_measured(case):

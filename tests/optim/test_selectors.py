@@ -27,8 +27,9 @@ def subspace_gap(A, B):
 def test_randomized_matches_exact_on_low_rank_gradients(shape):
     G = low_rank_plus_noise(*shape, r=6)
     for side in ("left", "right"):
-        exact = exact_svd_basis(G, 6, side)
-        approx = randomized_svd_basis(G, 6, side, generator=torch.Generator().manual_seed(1))
+        exact = exact_svd_basis(G, 6, side)[0]
+        approx, R = randomized_svd_basis(G, 6, side, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(R, project(G, approx, side), atol=1e-4, rtol=1e-4)
         a, b = (exact, approx) if side == "left" else (exact.t(), approx.t())
         assert subspace_gap(a, b) < 1e-3
         assert torch.allclose(b.t() @ b, torch.eye(6), atol=1e-5)
@@ -38,16 +39,16 @@ def test_warm_start_beats_cold_start_on_a_drifting_gradient():
     """A flat-spectrum matrix is hard for a cold range finder; the previous basis helps."""
     G0 = low_rank_plus_noise(128, 256, r=16, noise=0.3, seed=0)
     G1 = G0 + 0.05 * torch.randn(128, 256, generator=torch.Generator().manual_seed(5))
-    exact = exact_svd_basis(G1, 16, "left")
-    previous = exact_svd_basis(G0, 16, "left")
+    exact = exact_svd_basis(G1, 16, "left")[0]
+    previous = exact_svd_basis(G0, 16, "left")[0]
 
     def captured(B):  # energy of G1 captured by the basis, relative to the optimum
         return (torch.linalg.matrix_norm(B.t() @ G1) / torch.linalg.matrix_norm(exact.t() @ G1)).item()
 
     cold = randomized_svd_basis(G1, 16, "left", power_iters=1, oversample=0,
-                                generator=torch.Generator().manual_seed(0))
+                                generator=torch.Generator().manual_seed(0))[0]
     warm = randomized_svd_basis(G1, 16, "left", previous=previous, power_iters=1, oversample=0,
-                                generator=torch.Generator().manual_seed(0))
+                                generator=torch.Generator().manual_seed(0))[0]
     assert captured(cold) < 0.95
     assert captured(warm) > max(captured(previous), 0.998)
 
@@ -63,9 +64,11 @@ def test_projection_shapes_for_every_m_n_r(m, n, r, rule):
     side = choose_side((m, n), rule)
     g = torch.Generator().manual_seed(m * 1000 + n)
     G = torch.randn(m, n, generator=g, dtype=torch.float64)
-    B = exact_svd_basis(G, r, side).double()  # float32 precision: orthonormal to ~1e-6
+    B, R_free = exact_svd_basis(G, r, side)
+    B = B.double()  # float32 precision: orthonormal to ~1e-6
     assert tuple(B.shape) == basis_shape((m, n), r, side)
     R = project(G, B, side)
+    torch.testing.assert_close(R_free.double(), R, atol=1e-4, rtol=1e-4)
     assert tuple(R.shape) == projected_shape((m, n), r, side)
     if rule == "auto":
         assert R.numel() == r * max(m, n)
@@ -82,7 +85,7 @@ def test_projection_shapes_for_every_m_n_r(m, n, r, rule):
 def test_reprojection_is_exact_for_a_permuted_signed_basis(side):
     shape = (20, 50) if side == "left" else (50, 20)
     G = torch.randn(*shape)
-    old = exact_svd_basis(G, 5, side)
+    old = exact_svd_basis(G, 5, side)[0]
     perm, signs = torch.tensor([3, 0, 4, 1, 2]), torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0])
     new = old[:, perm] * signs if side == "left" else old[perm, :] * signs[:, None]
     M = torch.randn(projected_shape(shape, 5, side))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
-from .adam import EPS_MODES, adam_
+from .adam import EPS_MODES, adam_, fused_supported
 from .selectors import SELECTORS, random_orthonormal_basis, select_basis
 from .subspace import (SIDES, SWITCH_POLICIES, apply_back_, basis_shape, choose_side, project,
                        projected_shape, reproject_moments_)
@@ -43,7 +43,8 @@ GROUP_DEFAULTS: dict[str, Any] = dict(
     stagger=False,          # spread the refreshes of a group's matrices over the T steps
     power_iters=1,          # randomized selector: power iterations (warm start counts as one)
     oversample=8,           # randomized selector: extra columns of the range finder
-    foreach=True,           # multi-tensor kernels for the elementwise parts
+    foreach=True,           # multi-tensor kernels for the elementwise parts (False: for-loop)
+    fused=None,             # torch's fused Adam kernel; None = use it where it applies
     check_finite=True,      # skip (and report) parameters whose gradient has NaN/Inf
 )
 
@@ -134,6 +135,18 @@ def _grad_norms(grads: list[Tensor]) -> list[float]:
             for i, n in zip(idx, torch._foreach_norm([grads[i] for i in idx], 2, **kwargs)):
                 norms[i] = n.float()
     return torch.stack(norms).tolist()
+
+
+def _impl(group: dict[str, Any], tensors: list[Tensor]) -> str:
+    fused = group["fused"]
+    if fused is None:
+        fused = fused_supported(tensors, group["eps_mode"])
+    elif fused and not fused_supported(tensors, group["eps_mode"]):
+        raise ValueError('fused=True needs eps_mode="torch" and float tensors on cpu/cuda/mps/xpu; '
+                         "pass fused=None to use it only where it applies")
+    if fused:
+        return "fused"
+    return "foreach" if group["foreach"] else "forloop"
 
 
 def _elem_bytes(dtype: torch.dtype) -> int:
@@ -228,7 +241,7 @@ class PipelineOptimizer(torch.optim.Optimizer):
             [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
             beta1=beta1, beta2=beta2, eps=group["eps"], eps_mode=group["eps_mode"],
             params=params, lr=group["lr"], weight_decay=group["weight_decay"],
-            foreach=group["foreach"],
+            impl=_impl(group, params),
         )
 
     def _plain_state(self, p: Tensor) -> dict[str, Tensor]:
@@ -243,18 +256,19 @@ class PipelineOptimizer(torch.optim.Optimizer):
         low_rank, states = [], []
         for p in params:
             state = self.state[p]
-            self._maybe_refresh(group, p, state)
-            low_rank.append(project(p.grad, state["basis"], self._plans[p].side))
+            fresh = self._maybe_refresh(group, p, state)  # the selector's projection, if it ran
+            low_rank.append(project(p.grad, state["basis"], self._plans[p].side) if fresh is None
+                            else fresh.to(p.grad.dtype).contiguous())
             states.append(state)
         beta1, beta2 = group["betas"]
-        directions, inv_bc1 = adam_(
+        directions, factors = adam_(
             low_rank, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["moment_step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
-            eps_mode=group["eps_mode"], foreach=group["foreach"],
+            eps_mode=group["eps_mode"], impl=_impl(group, params),
         )
         del low_rank
         decay = 1 - group["lr"] * group["weight_decay"]
-        for p, state, N, f in zip(params, states, directions, inv_bc1):
+        for p, state, N, f in zip(params, states, directions, factors):
             state["step"] += 1
             apply_back_(p, N, state["basis"], self._plans[p].side,
                         alpha=-group["lr"] * group["scale"] * f, beta=decay)
@@ -265,30 +279,34 @@ class PipelineOptimizer(torch.optim.Optimizer):
         offset = (plan.index * every) // plan.count if group["stagger"] else 0
         return (step - offset) % every == 0
 
-    def _maybe_refresh(self, group: dict[str, Any], p: Tensor, state: dict[str, Tensor]) -> None:
+    def _maybe_refresh(self, group: dict[str, Any], p: Tensor, state: dict[str, Tensor]
+                       ) -> Tensor | None:
+        """Recompute the basis when due; returns the gradient projected on the new basis (the
+        selectors produce it as a by-product), or None when the basis is unchanged."""
         plan = self._plans[p]
         first = "basis" not in state
         step = 0 if first else int(state["step"].item())
         if not first and not self._refresh_due(group, plan, step):
-            return
+            return None
         previous = None if first else state["basis"]
         # A generator per (name, step): refreshes are reproducible and resume-safe without
         # touching the global RNG.
         generator = torch.Generator().manual_seed(zlib.crc32(plan.name.encode()) * 1_000_003 + step)
+        projected = None
         try:
-            basis = select_basis(p.grad, plan.rank, plan.side, group["basis"], previous=previous,
-                                 power_iters=group["power_iters"], oversample=group["oversample"],
-                                 generator=generator)
+            basis, projected = select_basis(
+                p.grad, plan.rank, plan.side, group["basis"], previous=previous,
+                power_iters=group["power_iters"], oversample=group["oversample"], generator=generator)
             if not torch.isfinite(basis).all():
                 raise torch.linalg.LinAlgError("non-finite basis")
         except torch.linalg.LinAlgError as err:
             if previous is not None:
-                warn(f"subspace refresh of {plan.name} failed ({err}); keeping the previous "
-                              "basis")
-                return
+                warn(f"subspace refresh of {plan.name} failed ({err}); keeping the previous basis")
+                return None
             warn(f"subspace refresh of {plan.name} failed ({err}); starting from a random "
-                          "orthonormal basis")
+                 "orthonormal basis")
             basis = random_orthonormal_basis(p.shape, plan.rank, plan.side, generator, p.device)
+            projected = None
         if first:
             shape = projected_shape(p.shape, plan.rank, plan.side)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -302,6 +320,7 @@ class PipelineOptimizer(torch.optim.Optimizer):
         elif group["switch"] == "reproject":
             reproject_moments_(state["exp_avg"], state["exp_avg_sq"], previous, basis, plan.side)
         state["basis"] = basis
+        return projected
 
     # ------------------------------------------------------------------ memory
     def planned_state_bytes(self) -> dict[str, int]:

@@ -18,9 +18,9 @@ class AdamW(PipelineOptimizer):
 
     def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
-                 check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        eps_mode=eps_mode, foreach=foreach, check_finite=check_finite)
+                        eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite)
         super().__init__(build_param_groups(model_or_params, projection=None), defaults)
 
 
@@ -52,13 +52,14 @@ class GaLoreAdamW(PipelineOptimizer):
                  betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0, *,
                  side: str = "auto", stagger: bool = False, power_iters: int = 1,
                  oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
-                 check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True):
         projection = dict(rank=rank, refresh_every=refresh_every, scale=scale)
         # Group-level options that only matter for projected groups are defaults for all groups,
         # so galore-style groups (which carry just rank/update_proj_gap/scale/proj_type) get them.
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         eps_mode=eps_mode, refresh_every=refresh_every, scale=scale, basis=basis,
                         switch=switch, side=side, stagger=stagger, power_iters=power_iters,
-                        oversample=oversample, foreach=foreach, check_finite=check_finite)
+                        oversample=oversample, foreach=foreach, fused=fused,
+                        check_finite=check_finite)
         super().__init__(build_param_groups(model_or_params, projection=projection,
                                             targets=targets), defaults)

@@ -20,13 +20,15 @@ from torch import Tensor
 SELECTORS = ("svd", "randomized")
 
 
-def exact_svd_basis(G: Tensor, rank: int, side: str) -> Tensor:
+def exact_svd_basis(G: Tensor, rank: int, side: str) -> tuple[Tensor, Tensor]:
+    """(basis, projected gradient) from the exact thin SVD; the projection comes for free
+    (Pᵀ G = Σ_r V_rᵀ, G Q_rᵀ = U_r Σ_r)."""
     # SVD of G itself for both sides (not of Gᵀ): the singular vectors' signs then match
     # galore-torch's, which matters when moments are kept across a basis switch.
-    U, _, Vh = torch.linalg.svd(G.float(), full_matrices=False)
+    U, S, Vh = torch.linalg.svd(G.float(), full_matrices=False)
     if side == "left":
-        return U[:, :rank].contiguous()
-    return Vh[:rank, :].contiguous()
+        return U[:, :rank].contiguous(), S[:rank, None] * Vh[:rank]
+    return Vh[:rank, :].contiguous(), U[:, :rank] * S[:rank]
 
 
 def _orthonormal(Y: Tensor) -> Tensor:
@@ -42,8 +44,9 @@ def randomized_svd_basis(
     power_iters: int = 1,
     oversample: int = 8,
     generator: torch.Generator | None = None,
-) -> Tensor:
-    """Top-``rank`` singular subspace of G on ``side``, by randomized range finding.
+) -> tuple[Tensor, Tensor]:
+    """Top-``rank`` singular subspace of G on ``side``, by randomized range finding; returns
+    (basis, projected gradient).
 
     ``previous`` (same orientation as the result) seeds the range finder; the ``oversample``
     extra columns are Gaussian, drawn from ``generator`` on the CPU so the result does not depend
@@ -70,9 +73,16 @@ def randomized_svd_basis(
         Z = _orthonormal(A.t() @ _orthonormal(Y))
         Y = A @ Z
     Q = _orthonormal(Y)
-    Ub = torch.linalg.svd(Q.t() @ A, full_matrices=False)[0]
-    basis = Q @ Ub[:, :rank]
-    return basis.contiguous() if side == "left" else basis.t().contiguous()
+    B = Q.t() @ A  # k×n: A restricted to the found range
+    # The left singular vectors of the small B from the eigenvectors of B Bᵀ (k×k, in float64):
+    # 10× cheaper than an SVD of B, and precise enough to order the directions.
+    _, vectors = torch.linalg.eigh((B @ B.t()).double())
+    Ub = vectors.flip(-1)[:, :rank].to(B.dtype)
+    basis = Q @ Ub
+    projected = Ub.t() @ B  # basisᵀ A, without another pass over A
+    if side == "left":
+        return basis.contiguous(), projected
+    return basis.t().contiguous(), projected.t().contiguous()
 
 
 def random_orthonormal_basis(shape: tuple[int, int], rank: int, side: str,
@@ -86,7 +96,9 @@ def random_orthonormal_basis(shape: tuple[int, int], rank: int, side: str,
 
 
 def select_basis(G: Tensor, rank: int, side: str, method: str, *, previous: Tensor | None,
-                 power_iters: int, oversample: int, generator: torch.Generator) -> Tensor:
+                 power_iters: int, oversample: int, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor]:
+    """(basis, projected gradient in float32) by the named method."""
     if method == "svd":
         return exact_svd_basis(G, rank, side)
     if method == "randomized":
