@@ -1,0 +1,65 @@
+"""Building the model a run trains: a preset (fresh weights) or a local Hugging Face directory.
+
+A directory holds at least ``config.json``; with weights (``*.safetensors`` / ``*.bin``) they are
+loaded (fine-tuning, continued pretraining), without them the model starts from fresh weights of
+that configuration. Nothing is ever downloaded (``local_files_only``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .presets import PRESETS, preset_config
+
+
+def is_preset(spec: str) -> bool:
+    return spec.lower().removeprefix("llama-").removeprefix("llama_") in PRESETS
+
+
+def has_weights(path: Path) -> bool:
+    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+
+
+def model_config(spec: str):
+    """The ``transformers`` config for a preset name or a local model directory."""
+    if is_preset(spec):
+        return preset_config(spec)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise UserError(f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a directory "
+                        "holding a Hugging Face config.json")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # transformers raises several types for unreadable configs
+        raise UserError(f"could not read the model config in {spec!r} ({str(err).splitlines()[0]})") from None
+
+
+def build_model(spec: str, seed: int, need_weights: bool = False) -> torch.nn.Module:
+    """A causal LM in float32 (master weights; bf16 comes from autocast).
+
+    ``need_weights``: fail unless ``spec`` is a directory with weights (fine-tuning needs them).
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(spec)
+    path = Path(spec)
+    if need_weights and (is_preset(spec) or not has_weights(path)):
+        raise UserError(f"fine-tuning needs pretrained weights, but {spec!r} is "
+                        f"{'a preset' if is_preset(spec) else 'a directory without weights'}; pass a "
+                        "local directory with config.json and model.safetensors (e.g. a checkpoint)")
+    torch.manual_seed(seed)  # fresh weights are a function of the seed
+    try:
+        if not is_preset(spec) and has_weights(path):
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                         dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"could not build a causal language model from {spec!r} "
+                        f"({str(err).splitlines()[0]})") from None
+    return model
