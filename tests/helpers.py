@@ -36,3 +36,22 @@ def stdlib_bytes(n_bytes: int) -> torch.Tensor:
         if total >= n_bytes:
             break
     return torch.tensor(list(b"".join(chunks)[:n_bytes]), dtype=torch.long)
+
+
+def write_stdlib_jsonl(path, n_bytes: int):
+    """A JSONL corpus of real text: standard-library modules (whole files) up to ``n_bytes``."""
+    import json
+
+    from slimtrain.data.corpus import stdlib_files, stdlib_root
+
+    root, total = stdlib_root(), 0
+    with open(path, "w") as out:
+        for f in stdlib_files(root):
+            text = f.read_text(errors="replace")
+            if total + len(text) > n_bytes:
+                continue
+            out.write(json.dumps({"text": text, "source": f.name}) + "\n")
+            total += len(text)
+            if total > 0.95 * n_bytes:
+                break
+    return path

@@ -36,7 +36,7 @@ def _guarded(action: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; no checkpoint was written", err=True)
         raise typer.Exit(130) from None
-    except ValueError as err:  # UserError, and the optimizers' ValueErrors for bad arguments
+    except UserError as err:
         if os.environ.get("SLIMTRAIN_DEBUG"):
             raise
         typer.echo(f"error: {err}", err=True)

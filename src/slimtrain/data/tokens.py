@@ -41,11 +41,17 @@ class TokenFiles:
     meta: dict
 
     def tokens(self, split: str) -> np.ndarray:
-        return np.memmap(self.root / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+        return _map(self.root / f"{split}.bin", self.meta["dtype"])
 
     def mask(self, split: str) -> np.ndarray | None:
         path = self.root / f"{split}.mask.bin"
-        return np.memmap(path, dtype=np.uint8, mode="r") if path.exists() else None
+        return _map(path, "uint8") if path.exists() else None
+
+
+def _map(path: Path, dtype: str) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def tokenize(records: Iterable[Record], tokenizer, out: Path, val_fraction: float,

@@ -1,8 +1,8 @@
 """LLaMA-style model presets (the GaLore papers' configs and small CPU sizes) and loading local
 pretrained models."""
 
-from .build import build_model, has_weights, is_preset, model_config
+from .build import build_model, check_pretrained, has_weights, is_preset, model_config
 from .presets import PRESETS, preset_config, preset_names
 
-__all__ = ["PRESETS", "preset_config", "preset_names", "build_model", "has_weights", "is_preset",
+__all__ = ["PRESETS", "preset_config", "preset_names", "build_model", "check_pretrained", "has_weights", "is_preset",
            "model_config"]

@@ -39,19 +39,20 @@ def model_config(spec: str):
         raise UserError(f"could not read the model config in {spec!r} ({str(err).splitlines()[0]})") from None
 
 
-def build_model(spec: str, seed: int, need_weights: bool = False) -> torch.nn.Module:
-    """A causal LM in float32 (master weights; bf16 comes from autocast).
+def check_pretrained(spec: str) -> None:
+    """Fine-tuning needs weights to start from: a directory that holds them."""
+    if is_preset(spec) or not has_weights(Path(spec)):
+        raise UserError(f"fine-tuning needs pretrained weights, but {spec!r} is "
+                        f"{'a preset' if is_preset(spec) else 'a directory without weights'}; pass a "
+                        "local directory with config.json and model.safetensors (e.g. a checkpoint)")
 
-    ``need_weights``: fail unless ``spec`` is a directory with weights (fine-tuning needs them).
-    """
+
+def build_model(spec: str, seed: int) -> torch.nn.Module:
+    """A causal LM in float32 (master weights; bf16 comes from autocast)."""
     from transformers import AutoModelForCausalLM
 
     config = model_config(spec)
     path = Path(spec)
-    if need_weights and (is_preset(spec) or not has_weights(path)):
-        raise UserError(f"fine-tuning needs pretrained weights, but {spec!r} is "
-                        f"{'a preset' if is_preset(spec) else 'a directory without weights'}; pass a "
-                        "local directory with config.json and model.safetensors (e.g. a checkpoint)")
     torch.manual_seed(seed)  # fresh weights are a function of the seed
     try:
         if not is_preset(spec) and has_weights(path):

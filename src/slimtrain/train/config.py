@@ -157,7 +157,10 @@ def resolve(kind: str, file_values: dict[str, Any], flags: dict[str, Any]) -> Tr
     if kind == "finetune":
         values.update(FINETUNE_DEFAULTS)
     values.update(file_values)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "optim_args" in flags:  # recipe arguments merge, key by key
+        flags["optim_args"] = {**values["optim_args"], **flags["optim_args"]}
+    values.update(flags)
     if values["model"] is None:
         raise UserError("fine-tuning needs --model: a local directory with a pretrained model "
                         "(config.json, model.safetensors, tokenizer)")

@@ -15,7 +15,7 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from ..errors import UserError
-from ..models import build_model, is_preset, model_config
+from ..models import build_model, check_pretrained, is_preset, model_config
 from . import checkpoint
 from .config import TrainConfig
 
@@ -127,8 +127,13 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if config.fused_backward:
         raise UserError("--fused-backward (layer-wise updates during the backward pass) is not "
                         "available in this version of slimtrain yet; run without it")
-    optim.recipe(config.optimizer)  # unknown names fail now, before any data work
+    try:
+        optim.recipe(config.optimizer)  # unknown names fail now, before any data work
+    except ValueError as err:
+        raise UserError(str(err)) from None
     mconfig = model_config(config.model)
+    if kind == "finetune" and resume is None:
+        check_pretrained(config.model)
     max_len = getattr(mconfig, "max_position_embeddings", None)
     if max_len is not None and config.seq_len > max_len:
         raise UserError(f"--seq-len {config.seq_len} is longer than the model's maximum of {max_len} "
@@ -163,7 +168,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         raise UserError(f"the validation split holds {meta['val_tokens']} tokens, less than one "
                         f"sequence of {config.seq_len}; raise --val-fraction, add data, or lower --seq-len")
 
-    model = build_model(config.model, config.seed, need_weights=(kind == "finetune" and resume is None))
+    model = build_model(config.model, config.seed)
     if ckpt is not None:
         checkpoint.load_weights(ckpt, model)
     model.to(device)
@@ -172,7 +177,10 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     hidden = getattr(model.config, "hidden_size", 256)
-    optimizer = optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden))
+    try:
+        optimizer = optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden))
+    except (ValueError, TypeError) as err:  # the recipes' checks of their arguments
+        raise UserError(f"optimizer {config.optimizer}: {err}") from None
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10
