@@ -41,7 +41,7 @@ def base_args(model_dir, corpus, out, steps=24, **extra):
     args.update(extra)
     flat = []
     for key, value in args.items():
-        flat += [f"--{key.replace('_', '-')}", value]
+        flat += [f"--{key.replace('_', '-')}"] + ([] if value is None else [value])  # None: a bare flag
     return flat + ["--optim-arg", "refresh_every=5"]  # subspace refreshes fall on both sides of a resume
 
 

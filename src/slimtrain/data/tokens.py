@@ -55,7 +55,7 @@ def _map(path: Path, dtype: str) -> np.ndarray:
 
 
 def tokenize(records: Iterable[Record], tokenizer, out: Path, val_fraction: float,
-             masked: bool, progress: Callable[[int], None] = lambda n: None) -> dict:
+             masked: bool) -> dict:
     """Stream ``records`` into ``out``/{train,val}.bin; returns the metadata written to meta.json."""
     backend = tokenizer.backend_tokenizer
     eos = tokenizer.eos_token_id
@@ -78,7 +78,6 @@ def tokenize(records: Iterable[Record], tokenizer, out: Path, val_fraction: floa
                 masks[split].write(loss.tobytes())
             counts[f"{split}_tokens"] += len(ids)
             counts[f"{split}_documents"] += 1
-        progress(counts["train_tokens"] + counts["val_tokens"])
 
     try:
         batch: list[Record] = []
@@ -99,15 +98,16 @@ def tokenize(records: Iterable[Record], tokenizer, out: Path, val_fraction: floa
 
 def tokenized(records_factory: Callable[[], Iterable[Record]], data_key: str, tokenizer,
               val_fraction: float, masked: bool, describe: str,
-              progress: Callable[[int], None] = lambda n: None) -> TokenFiles:
+              say: Callable[[str], None] = lambda msg: None) -> TokenFiles:
     """The token files for (data, tokenizer, split, masking), tokenizing on first use; cached."""
     tok_key = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
     key = hashlib.sha256(f"{FORMAT}\0{data_key}\0{tok_key}\0{val_fraction}\0{masked}".encode())
     final = cache_dir("tokens") / key.hexdigest()[:16]
     if not final.exists():
+        say(f"tokenizing {describe} (once; cached at {final}) ...")
         tmp = new_temp_dir(final)
         try:
-            meta = tokenize(records_factory(), tokenizer, tmp, val_fraction, masked, progress)
+            meta = tokenize(records_factory(), tokenizer, tmp, val_fraction, masked)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

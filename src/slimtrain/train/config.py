@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float | None = _f(None, "Decoupled weight decay. Default: the recipe's.")
     optim_args: dict = _f(None, "Extra recipe argument KEY=VALUE (repeatable), e.g. "
                           "refresh_every=200, scale=0.25.", factory=dict)
-    steps: int = _f(400, "Optimizer steps.")
+    steps: int = _f(300, "Optimizer steps.")
     batch_size: int = _f(8, "Sequences per micro-batch.")
     seq_len: int = _f(256, "Tokens per sequence (packed blocks).")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
@@ -56,7 +56,7 @@ class TrainConfig:
     activation_checkpointing: bool = _f(False, "Recompute activations in the backward pass "
                                         "(less memory, ~30% more compute).")
     fused_backward: bool = _f(False, "Update each layer during the backward pass (not available yet).")
-    eval_every: int = _f(100, "Evaluate validation loss/perplexity every N steps (and at the end).")
+    eval_every: int = _f(50, "Evaluate validation loss/perplexity every N steps (and at the end).")
     eval_batches: int = _f(8, "Validation batches per evaluation (fixed, the same every time).")
     val_fraction: float = _f(0.05, "Share of documents held out for validation (by content hash).")
     log_every: int = _f(10, "Write a metrics.jsonl line every N steps.")
@@ -64,9 +64,14 @@ class TrainConfig:
     keep_last: int = _f(2, "Checkpoints to keep (older ones are deleted after a newer one is written).")
     seed: int = _f(0, "Seed for the initial weights and the data order.")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto (a GPU when there is one).")
+    threads: int | None = _f(None, "CPU threads for torch. Default: $OMP_NUM_THREADS if set, else the "
+                             "idle cores (cores minus the load average, at least 1). Results depend on "
+                             "it in the last bits, so a resumed run keeps its run's count.")
     out: str | None = _f(None, "Run directory. Default: runs/<command>-<model>-<optimizer>-<time>.")
 
     def validate(self) -> "TrainConfig":
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
                      "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,17 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for a GPU, but torch sees none; use --device cpu")
     return device
+
+
+def _threads(requested: int | None) -> int:
+    """Oversubscribed OpenMP threads on a shared machine are slower than one (4× here), so by
+    default use only the cores that are idle."""
+    if requested is not None:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    idle = (os.cpu_count() or 1) - round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1 << 30
+    return max(1, min(torch.get_num_threads(), idle))
 
 
 def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
@@ -124,6 +136,8 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
             say: Callable[[str], None] = print) -> Run:
     device = _device(config.device)
     autocast = _autocast(config.precision, device)
+    config.threads = _threads(config.threads)  # resolved once, saved with the run, kept on resume
+    torch.set_num_threads(config.threads)
     if config.fused_backward:
         raise UserError("--fused-backward (layer-wise updates during the backward pass) is not "
                         "available in this version of slimtrain yet; run without it")
@@ -154,7 +168,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
                         f"{mconfig.vocab_size:,} tokens")
     say(f"tokenizer: {len(tokenizer):,} tokens ({tok_path})")
     files = tokenized(records, corpus_key, tokenizer, config.val_fraction, bool(config.prompt_field),
-                      corpus_name)
+                      corpus_name, say)
     meta = files.meta
     train = Blocks(files.tokens("train"), files.mask("train"), config.seq_len)
     val = Blocks(files.tokens("val"), files.mask("val"), config.seq_len)
@@ -174,7 +188,10 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     model.to(device)
     if config.activation_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     hidden = getattr(model.config, "hidden_size", 256)
     try:
