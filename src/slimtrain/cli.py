@@ -43,6 +43,11 @@ def _guarded(action: Callable[[], object]) -> None:
         raise typer.Exit(2) from None
 
 
+from .memory.cli import plan_command  # noqa: E402  (the planner's command lives with the planner)
+
+app.command("plan")(plan_command)
+
+
 @app.command()
 def optimizers() -> None:
     """List the registered optimizer recipes with their optimizer-state formula."""

@@ -65,7 +65,7 @@ def test_tokenizer_larger_than_the_model_vocabulary(model_dir, corpus, tmp_path)
 
 @pytest.mark.parametrize("setting,extra,fragments", [
     ({"optimizer": "galore-adamx"}, [], ("unknown optimizer 'galore-adamx'", "Did you mean galore-adamw")),
-    ({"model": "llama-3b"}, [], ("neither a preset", "60m")),
+    ({"model": "llama-3b"}, [], ("unknown model preset 'llama-3b'", "60m")),
     ({"seq_len": 4096}, [], ("longer than the model's maximum of 128",)),
     ({"batch_size": 100000}, [], ("fewer than one batch",)),
     ({"lr": -1}, [], ("--lr must be a positive number",)),

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .presets import PRESETS, preset_config
+from .config import model_config
+from .presets import PRESETS
 
 
 def is_preset(spec: str) -> bool:
@@ -23,20 +24,12 @@ def has_weights(path: Path) -> bool:
     return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
 
 
-def model_config(spec: str):
-    """The ``transformers`` config for a preset name or a local model directory."""
-    if is_preset(spec):
-        return preset_config(spec)
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise UserError(f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a directory "
-                        "holding a Hugging Face config.json")
-    from transformers import AutoConfig
-
+def config_for(spec: str):
+    """``model_config`` with its complaints turned into user errors."""
     try:
-        return AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except Exception as err:  # transformers raises several types for unreadable configs
-        raise UserError(f"could not read the model config in {spec!r} ({str(err).splitlines()[0]})") from None
+        return model_config(spec)
+    except (ValueError, OSError) as err:
+        raise UserError(f"--model {spec!r}: {str(err).splitlines()[0]}") from None
 
 
 def check_pretrained(spec: str) -> None:
@@ -51,7 +44,7 @@ def build_model(spec: str, seed: int) -> torch.nn.Module:
     """A causal LM in float32 (master weights; bf16 comes from autocast)."""
     from transformers import AutoModelForCausalLM
 
-    config = model_config(spec)
+    config = config_for(spec)
     path = Path(spec)
     torch.manual_seed(seed)  # fresh weights are a function of the seed
     try:

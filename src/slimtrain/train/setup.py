@@ -16,7 +16,7 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from ..errors import UserError
-from ..models import build_model, check_pretrained, is_preset, model_config
+from ..models import build_model, check_pretrained, config_for, is_preset
 from . import checkpoint
 from .config import TrainConfig
 
@@ -145,7 +145,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         optim.recipe(config.optimizer)  # unknown names fail now, before any data work
     except ValueError as err:
         raise UserError(str(err)) from None
-    mconfig = model_config(config.model)
+    mconfig = config_for(config.model)
     if kind == "finetune" and resume is None:
         check_pretrained(config.model)
     max_len = getattr(mconfig, "max_position_embeddings", None)
