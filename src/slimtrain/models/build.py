@@ -43,7 +43,9 @@ def check_pretrained(spec: str) -> None:
 def build_model(spec: str, seed: int) -> torch.nn.Module:
     """A causal LM in float32 (master weights; bf16 comes from autocast)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would cut into our log
     config = config_for(spec)
     path = Path(spec)
     torch.manual_seed(seed)  # fresh weights are a function of the seed

@@ -97,7 +97,7 @@ def summary_table(s: dict[str, Any]) -> Table:
     ]
     table = Table(title=f"{s['kind']} · {s['optimizer']}", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # long paths wrap instead of being cut
     for row in rows:
         table.add_row(*row)
     return table
