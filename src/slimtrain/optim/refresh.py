@@ -1,0 +1,69 @@
+"""When a subspace is refreshed.
+
+* ``fixed``: at the parameter's step 0, then whenever ``(step − offset) % T == 0``; with
+  ``stagger=True`` the i-th of k projected matrices of a group has offset ⌊iT/k⌋ so that they do
+  not all refresh on one step.
+* ``lazy`` (Q-GaLore, Zhang et al. 2024, §3.3): after each refresh the similarity of the new and the
+  previous basis — |cos| of their leading vectors, sign-free because singular vectors have no sign
+  (Q-GaLore compares signed vectors, so an unchanged subspace can look new) — enters a queue of
+  ``lazy_queue`` values. When the queue is full its mean decides: ≥ ``lazy_threshold`` (the
+  subspace is stable) multiplies the gap by ``lazy_growth``; below it (the subspace moves) divides
+  it again, never below T (Q-GaLore only ever grows it). The queue then starts over.
+  State: ``refresh_gap``, ``next_refresh`` and ``refresh_queue`` (NaN = empty slot), float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+REFRESH_POLICIES = ("fixed", "lazy")
+
+
+def offset(group, index: int, count: int) -> int:
+    every = group["refresh_every"]
+    return (index * every) // count if group["stagger"] else 0
+
+
+def refresh_index(group, step: int, off: int) -> int:
+    """How many refreshes happened before the one at ``step`` (distinct for every refresh)."""
+    return 0 if step < off or step == 0 else (step - off) // group["refresh_every"] + 1
+
+
+def lazy_init(state: dict, group, off: int) -> None:
+    every = group["refresh_every"]
+    state["refresh_gap"] = torch.tensor(float(every))
+    state["next_refresh"] = torch.tensor(float(off if off > 0 else every))
+    state["refresh_queue"] = torch.full((group["lazy_queue"],), math.nan)
+
+
+def due(group, state: dict, step: int, off: int) -> bool:
+    if group["refresh"] == "lazy":
+        return step >= state["next_refresh"].item()
+    return (step - off) % group["refresh_every"] == 0
+
+
+def similarity(new: Tensor, old: Tensor, side: str) -> float:
+    """|cos| between the leading basis vectors (column 0 on the left, row 0 on the right)."""
+    a, b = (new[:, 0], old[:, 0]) if side == "left" else (new[0], old[0])
+    return (a @ b).abs().item() / max((a.norm() * b.norm()).item(), 1e-30)
+
+
+def lazy_after_refresh(state: dict, group, step: int, sim: float | None) -> None:
+    queue = state["refresh_queue"]
+    if sim is not None:
+        queue.copy_(torch.cat([queue[1:], queue.new_tensor([sim])]))
+    gap = state["refresh_gap"]
+    if not torch.isnan(queue).any():
+        if queue.mean().item() >= group["lazy_threshold"]:
+            gap.mul_(group["lazy_growth"])
+        else:
+            gap.copy_(torch.clamp(gap / group["lazy_growth"], min=float(group["refresh_every"])))
+        queue.fill_(math.nan)
+    state["next_refresh"].fill_(step + gap.item())
+
+
+def lazy_bytes(group) -> int:
+    return 0 if group["refresh"] != "lazy" else 4 * (2 + group["lazy_queue"])

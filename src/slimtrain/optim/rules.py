@@ -1,0 +1,211 @@
+"""Inner rules: the stateful part of the pipeline, run on the (projected) update.
+
+A rule never sees the parameter on the projected path. Its state ("moments") is sized from the
+update it receives, so a rank-r projection gives r×max(m, n) moments. Every rule has the same shape:
+
+* ``moment_shapes(shape, group)`` — the state tensors it keeps for an update of ``shape`` (the core
+  allocates them, in the parameter's dtype, and plans their bytes from this alone);
+* ``update(grads, moments, counts, group, impl, params=None)`` — advances the state by one step and
+  returns ``(directions, factors)`` such that the rule's update of tensor i is
+  ``-lr · factors[i] · directions[i]``; with ``params`` given it applies the update itself (decoupled
+  weight decay first) and returns None. ``moments`` is one dict per tensor, keyed as
+  ``moment_shapes`` says: the core builds it in one place (``PipelineOptimizer._run_rule``), which is
+  where low-bit storage wraps every rule (dequantize → rule → requantize);
+* ``step_size(count, group)`` — the step size the authors' code multiplies its direction by (Adam:
+  √(1−β₂ᵗ)/(1−β₁ᵗ)); the norm-growth limiter measures norms in those units so that it matches
+  the reference implementations whatever kernel produced the direction.
+
+Rules: ``adam`` (``adam.py``, the one copy of Adam), ``adafactor`` (factored second moment),
+``lion`` (sign of an interpolated momentum), ``natural`` (Woodbury natural gradient over a short
+history of updates, then Adam).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .adam import adam_
+
+
+def _decay_and_apply(params, directions, factors, lr, weight_decay):
+    """Decoupled weight decay, then the update (as torch's AdamW orders them)."""
+    for p, d, f in zip(params, directions, factors):
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        p.add_(d.to(p.dtype), alpha=-lr * f)
+
+
+class Rule:
+    name = ""
+    #: moments that reprojection may carry to a new basis: key → "first" (linear) / "second"
+    reprojectable: dict[str, str] = {}
+
+    def moment_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
+        raise NotImplementedError
+
+    def step_size(self, count: float, group: dict[str, Any]) -> float:
+        return 1.0
+
+    def directions(self, grads, moments, counts, group, impl) -> tuple[list[Tensor], list[float]]:
+        raise NotImplementedError
+
+    def update(self, grads, moments, counts, group, impl, params=None):
+        directions, factors = self.directions(grads, moments, counts, group, impl)
+        if params is None:
+            return directions, factors
+        _decay_and_apply(params, directions, factors, group["lr"], group["weight_decay"])
+        return None
+
+
+class AdamRule(Rule):
+    """Adam (``adam.py``); on the unprojected path bit-identical to ``torch.optim.AdamW``."""
+
+    name = "adam"
+    reprojectable = {"exp_avg": "first", "exp_avg_sq": "second"}
+
+    def moment_shapes(self, shape, group):
+        return {"exp_avg": tuple(shape), "exp_avg_sq": tuple(shape)}
+
+    def step_size(self, count, group):
+        beta1, beta2 = group["betas"]
+        return math.sqrt(1 - beta2**count) / (1 - beta1**count)
+
+    def update(self, grads, moments, counts, group, impl, params=None):
+        beta1, beta2 = group["betas"]
+        return adam_(
+            grads, [m["exp_avg"] for m in moments], [m["exp_avg_sq"] for m in moments], counts,
+            beta1=beta1, beta2=beta2, eps=group["eps"], eps_mode=group["eps_mode"], params=params,
+            lr=group["lr"], weight_decay=group["weight_decay"], impl=impl)
+
+
+class LionRule(Rule):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Alg. 2):
+    ``D = sign(β₁M + (1−β₁)G)``; ``M ← β₂M + (1−β₂)G``; factor 1. One moment."""
+
+    name = "lion"
+    reprojectable = {"exp_avg": "first"}
+
+    def moment_shapes(self, shape, group):
+        return {"exp_avg": tuple(shape)}
+
+    def directions(self, grads, moments, counts, group, impl):
+        beta1, beta2 = group["betas"]
+        exp_avgs = [m["exp_avg"] for m in moments]
+        for c in counts:
+            c += 1
+        if impl == "forloop":
+            directions = []
+            for g, m in zip(grads, exp_avgs):
+                directions.append(torch.lerp(m, g, 1 - beta1).sign_())
+                m.lerp_(g, 1 - beta2)
+        else:
+            directions = list(torch._foreach_lerp(exp_avgs, grads, 1 - beta1))
+            torch._foreach_sign_(directions)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+        return directions, [1.0] * len(grads)
+
+
+class AdafactorRule(Rule):
+    """Adafactor (Shazeer & Stern 2018) as in ``transformers``' and galore-torch's ``Adafactor``
+    with ``relative_step=False, scale_parameter=False`` (the settings GaLore's scripts and the HF
+    Trainer use): β₂ₜ = 1 − t^decay_rate; the second moment of a matrix is kept as row and column
+    means of G² + ε₁ (m + n numbers), of a vector in full; the update G/√V̂ is clipped to RMS ≤
+    ``clip_threshold``; with ``adafactor_beta1`` a first moment averages the clipped updates.
+
+    Differences from the references: they scale by lr before the first moment (so a changing lr
+    enters the average); here the moment averages lr-free updates and lr is applied after, which is
+    the same for a constant lr. Relative steps and parameter-scale updates need the parameter and
+    are not offered (the rule never sees it on the projected path).
+    """
+
+    name = "adafactor"
+
+    def moment_shapes(self, shape, group):
+        shape = tuple(shape)
+        moments = ({"exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}
+                   if len(shape) >= 2 else {"exp_avg_sq": shape})
+        if group["adafactor_beta1"] is not None:
+            moments["exp_avg"] = shape
+        return moments
+
+    def directions(self, grads, moments, counts, group, impl):
+        # Per tensor either way: the factored statistics are reductions, not elementwise.
+        eps1, clip, beta1 = group["factored_eps"], group["clip_threshold"], group["adafactor_beta1"]
+        directions = []
+        for g, m, count in zip(grads, moments, counts):
+            count += 1
+            beta2t = 1.0 - float(count.item()) ** group["decay_rate"]
+            sq = g.square().add_(eps1)
+            if "exp_avg_sq_row" in m:
+                row, col = m["exp_avg_sq_row"], m["exp_avg_sq_col"]
+                row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1 - beta2t)
+                col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1 - beta2t)
+                r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+                u = torch.mul(r_factor, col.unsqueeze(-2).rsqrt()).mul_(g)
+            else:
+                v = m["exp_avg_sq"]
+                v.mul_(beta2t).add_(sq, alpha=1 - beta2t)
+                u = v.rsqrt().mul_(g)
+            rms = u.norm(2) / (u.numel() ** 0.5)
+            u.div_((rms / clip).clamp_(min=1.0))
+            if beta1 is not None:
+                m["exp_avg"].mul_(beta1).add_(u, alpha=1 - beta1)
+                u = m["exp_avg"].clone()
+            directions.append(u)
+        return directions, [1.0] * len(grads)
+
+
+class NaturalRule(Rule):
+    """Natural GaLore (Das, arXiv 2410.16029): precondition the low-rank gradient g by the inverse
+    empirical Fisher of the last s updates, F = λI + H Hᵀ (H: the s most recent low-rank gradients,
+    the current one included), via Woodbury —
+
+        ĝ = g/λ − H (λ²I + λ HᵀH)⁻¹ Hᵀ g     (an s×s Cholesky solve; never a d×d matrix)
+
+    — then run Adam on ĝ. State: Adam's moments plus the history (s × the update's shape), a ring
+    buffer indexed by the moment step counter (so a moment reset also empties the history).
+    """
+
+    name = "natural"
+
+    def moment_shapes(self, shape, group):
+        shape = tuple(shape)
+        return {"exp_avg": shape, "exp_avg_sq": shape, "history": (group["natural_history"],) + shape}
+
+    def step_size(self, count, group):
+        return ADAM.step_size(count, group)
+
+    def update(self, grads, moments, counts, group, impl, params=None):
+        if params is not None:
+            raise AssertionError("the natural rule runs on projected updates only")
+        damping = group["natural_damping"]
+        natural = []
+        for g, m, count in zip(grads, moments, counts):
+            history = m["history"]
+            s = history.shape[0]
+            seen = int(count.item())  # steps already in the history (counts is incremented by Adam)
+            history[seen % s].copy_(g)
+            H = history[: min(seen + 1, s)].reshape(min(seen + 1, s), -1)
+            flat = g.reshape(-1)
+            # The s×s system in float64: HHᵀ spans many orders of magnitude when λ is small.
+            system = (H @ H.t()).double().mul_(damping)
+            system.diagonal().add_(damping * damping)
+            rhs = (H @ flat).double().unsqueeze(1)
+            y = torch.cholesky_solve(rhs, torch.linalg.cholesky(system)).to(g.dtype).squeeze(1)
+            natural.append((flat / damping - H.t() @ y).reshape(g.shape))
+        return ADAM.update(natural, moments, counts, group, impl)
+
+
+ADAM = AdamRule()
+RULES: dict[str, Rule] = {r.name: r for r in (ADAM, LionRule(), AdafactorRule(), NaturalRule())}
+
+
+def plain_rule(name: str) -> str:
+    """The rule for a matrix of a projected group that is not projected (1-D, or rank too large):
+    the same rule without the projection — except the natural rule, whose history would then be
+    s full-size copies of the gradient: Adam there."""
+    return "adam" if name == "natural" else name
