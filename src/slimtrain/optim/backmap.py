@@ -44,8 +44,8 @@ def norm_ratio(D: Tensor, R: Tensor, side: str, per: str) -> Tensor:
 
 def _limit(state: dict, norm: Tensor, units: float, gamma: float, first: bool) -> Tensor:
     """Divisor for the full-rank term; updates the remembered norm (a 0-d tensor, no sync)."""
-    norm = norm.float() * units
     previous = state["limiter_norm"]
+    norm = norm.to(previous.dtype) * units
     if first:
         previous.copy_(norm)
         return torch.ones_like(norm)
@@ -81,10 +81,10 @@ def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, sid
         s = norm_ratio(D, R, side, backmap)
         if gamma is not None:
             if backmap == "tensor":
-                norm = torch.linalg.vector_norm(G).float() * s
+                norm = torch.linalg.vector_norm(G) * s
             else:  # ‖G ⊙ s‖ from column (row) norms of G: no m×n temporary
                 dim = 0 if side == "left" else 1
-                norm = torch.linalg.vector_norm(torch.linalg.vector_norm(G, dim=dim).float() * s.reshape(-1).float())
+                norm = torch.linalg.vector_norm(torch.linalg.vector_norm(G, dim=dim) * s.reshape(-1))
             s = s / _limit(state, norm, units, gamma, first)
         if decay != 1:
             p.mul_(decay)

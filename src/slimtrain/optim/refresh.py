@@ -9,17 +9,16 @@
   ``lazy_queue`` values. When the queue is full its mean decides: ≥ ``lazy_threshold`` (the
   subspace is stable) multiplies the gap by ``lazy_growth``; below it (the subspace moves) divides
   it again, never below T (Q-GaLore only ever grows it). The queue then starts over.
-  State: ``refresh_gap``, ``next_refresh`` and ``refresh_queue`` (NaN = empty slot), float32 on CPU.
+  State: ``refresh_gap``, ``next_refresh`` and ``refresh_queue`` (−1 = empty slot: |cos| is never negative), float32 on CPU.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 REFRESH_POLICIES = ("fixed", "lazy")
+_EMPTY = -1.0
 
 
 def offset(group, index: int, count: int) -> int:
@@ -36,7 +35,7 @@ def lazy_init(state: dict, group, off: int) -> None:
     every = group["refresh_every"]
     state["refresh_gap"] = torch.tensor(float(every))
     state["next_refresh"] = torch.tensor(float(off if off > 0 else every))
-    state["refresh_queue"] = torch.full((group["lazy_queue"],), math.nan)
+    state["refresh_queue"] = torch.full((group["lazy_queue"],), _EMPTY)
 
 
 def due(group, state: dict, step: int, off: int) -> bool:
@@ -56,12 +55,12 @@ def lazy_after_refresh(state: dict, group, step: int, sim: float | None) -> None
     if sim is not None:
         queue.copy_(torch.cat([queue[1:], queue.new_tensor([sim])]))
     gap = state["refresh_gap"]
-    if not torch.isnan(queue).any():
+    if not (queue == _EMPTY).any():
         if queue.mean().item() >= group["lazy_threshold"]:
             gap.mul_(group["lazy_growth"])
         else:
             gap.copy_(torch.clamp(gap / group["lazy_growth"], min=float(group["refresh_every"])))
-        queue.fill_(math.nan)
+        queue.fill_(_EMPTY)
     state["next_refresh"].fill_(step + gap.item())
 
 

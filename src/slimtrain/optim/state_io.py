@@ -41,7 +41,8 @@ class StateIO:
                 states += sum(math.prod(s) for s in moments) * elem
                 if plan.projected:
                     states += 2 * _COUNTER + refresh.lazy_bytes(group)
-                    states += 4 if group["limiter"] is not None else 0
+                    if group["limiter"] is not None:
+                        states += _elem_bytes(torch.promote_types(p.dtype, torch.float32))
                     projectors += basis_store.planned_bytes(p.shape, plan.rank, plan.side, group)
                 else:
                     states += _COUNTER

@@ -37,7 +37,9 @@ def _first_state(opt, group, p: Tensor, plan: ParamPlan, state: dict, off: int) 
     state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
     opt._init_moments(state, plan.rule, projected_shape(p.shape, plan.rank, plan.side), p, group)
     if group["limiter"] is not None:
-        state["limiter_norm"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
+        state["limiter_norm"] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
+                                            device=p.device)
     if group["refresh"] == "lazy":
         refresh.lazy_init(state, group, off)
 
