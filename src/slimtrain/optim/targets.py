@@ -25,8 +25,11 @@ _GALORE_PROJ_TYPES = {"std": "auto", "reverse_std": "reverse", "left": "left", "
 
 
 def translate_galore_keys(group: dict[str, Any]) -> dict[str, Any]:
-    """Accept a param group written for ``galore_torch.GaLoreAdamW`` as it is."""
+    """Accept a param group written for ``galore_torch.GaLoreAdamW`` (or the ``fira`` package,
+    which calls the scale ``alpha``) as it is."""
     group = dict(group)
+    if "alpha" in group:
+        group.setdefault("scale", group.pop("alpha"))
     if "update_proj_gap" in group:
         group.setdefault("refresh_every", group.pop("update_proj_gap"))
     if "proj_type" in group:
