@@ -4,8 +4,9 @@
   ``stagger=True`` the i-th of k projected matrices of a group has offset ⌊iT/k⌋ so that they do
   not all refresh on one step.
 * ``lazy`` (Q-GaLore, Zhang et al. 2024, §3.3): after each refresh the similarity of the new and the
-  previous basis — |cos| of their leading vectors, sign-free because singular vectors have no sign
-  (Q-GaLore compares signed vectors, so an unchanged subspace can look new) — enters a queue of
+  previous basis — the RMS cosine of their principal angles, which is |cos| of the leading vectors
+  at rank 1 (Q-GaLore compares the signed leading vectors, so an unchanged subspace can look new
+  when an SVD flips a sign or reorders near-equal directions) — enters a queue of
   ``lazy_queue`` values. When the queue is full its mean decides: ≥ ``lazy_threshold`` (the
   subspace is stable) multiplies the gap by ``lazy_growth``; below it (the subspace moves) divides
   it again, never below T (Q-GaLore only ever grows it). The queue then starts over.
@@ -28,7 +29,9 @@ def offset(group, index: int, count: int) -> int:
 
 def refresh_index(group, step: int, off: int) -> int:
     """How many refreshes happened before the one at ``step`` (distinct for every refresh)."""
-    return 0 if step < off or step == 0 else (step - off) // group["refresh_every"] + 1
+    if step < off:  # the first refresh (step 0) of a staggered matrix
+        return 0
+    return (step - off) // group["refresh_every"] + (1 if off > 0 else 0)
 
 
 def lazy_init(state: dict, group, off: int) -> None:
@@ -45,9 +48,13 @@ def due(group, state: dict, step: int, off: int) -> bool:
 
 
 def similarity(new: Tensor, old: Tensor, side: str) -> float:
-    """|cos| between the leading basis vectors (column 0 on the left, row 0 on the right)."""
-    a, b = (new[:, 0], old[:, 0]) if side == "left" else (new[0], old[0])
-    return (a @ b).abs().item() / max((a.norm() * b.norm()).item(), 1e-30)
+    """Root-mean-square cosine of the principal angles between the two subspaces,
+    ‖B_newᵀ B_old‖_F / √r: for rank 1 it is |cos| of the two vectors (Q-GaLore's test without the
+    sign); for rank r it does not depend on how the basis is rotated inside the subspace, whereas
+    the leading vector alone can swap with another of the same subspace from one SVD to the next."""
+    overlap = new.t() @ old if side == "left" else new @ old.t()
+    rank = overlap.shape[0]
+    return (torch.linalg.matrix_norm(overlap) / rank**0.5).clamp(max=1.0).item()
 
 
 def lazy_after_refresh(state: dict, group, step: int, sim: float | None) -> None:
