@@ -13,7 +13,7 @@ from slimtrain.optim import basis_store
 from slimtrain.optim.rules import RULES
 from slimtrain.optim.selectors import exact_svd_basis
 
-from ..helpers import quiet, stdlib_bytes, tiny_llama
+from ..helpers import quiet, stdlib_bytes, tiny_llama, train_on_text
 
 
 def _group(bits, size=256):
@@ -212,15 +212,6 @@ def test_loss_falls_on_real_text(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = so.create(name, model, lr=lr, rank=16, refresh_every=10)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(40):
-        starts = torch.randint(0, len(data) - 65, (8,), generator=gen)
-        batch = torch.stack([data[s:s + 65] for s in starts])
-        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_text(model, opt, 40, data)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)

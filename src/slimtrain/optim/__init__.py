@@ -16,6 +16,7 @@ from .targets import DEFAULT_TARGETS
 
 __all__ = [
     "AdamW", "GaLoreAdamW", "APOLLO", "APOLLOMini", "Fira", "FRUGAL", "QGaLore", "NaturalGaLore",
-    "GaLoreAdafactor", "GaLoreLion", "PipelineOptimizer", "register_rest", "rest_names", "available", "create", "recipe", "register",
+    "GaLoreAdafactor", "GaLoreLion", "PipelineOptimizer", "register_rest", "rest_names",
+    "available", "create", "recipe", "register",
     "DEFAULT_TARGETS", "GROUP_DEFAULTS", "STATE_FORMAT",
 ]

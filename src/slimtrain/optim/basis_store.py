@@ -73,9 +73,10 @@ def dequantize(codes: Tensor, scale: Tensor, lo: Tensor, bits: int, group_size: 
     numel = shape[0] * shape[1]
     if bits == 4:
         codes = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(-1)
-    values = codes[:numel].float()
-    groups = torch.arange(numel, device=codes.device) // group_size
-    return (values * scale[groups] + lo[groups]).reshape(shape)
+    padded = _groups(numel, group_size) * group_size
+    values = torch.nn.functional.pad(codes[:numel].float(), (0, padded - numel)).view(-1, group_size)
+    values = values.mul_(scale[:, None]).add_(lo[:, None])
+    return values.reshape(-1)[:numel].reshape(shape)
 
 
 def store(state: dict, basis: Tensor | None, group, *, seed: int | None = None) -> None:

@@ -8,7 +8,7 @@ foreach, fused, check_finite).
 
 from __future__ import annotations
 
-from .recipes import ProjectedRecipe, runtime_options
+from .recipes import ProjectedRecipe
 
 
 class APOLLO(ProjectedRecipe):
@@ -36,11 +36,10 @@ class APOLLO(ProjectedRecipe):
                  scale: float = 1.0, limiter: float | None = 1.01, targets=None, betas=(0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rest: str = "adamw", switch: str = "keep",
                  **options):
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                basis="gaussian", backmap=self.scaling, limiter=limiter,
-                                switch=switch, **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                    basis="gaussian", backmap=self.scaling, limiter=limiter, switch=switch)
 
 
 class APOLLOMini(APOLLO):
@@ -54,13 +53,9 @@ class APOLLOMini(APOLLO):
                      "counters; others: as the rest rule")
     scaling = "tensor"
 
-    def __init__(self, model_or_params, lr: float = 0.01, rank: int = 1, refresh_every: int = 200,
-                 scale: float = 128.0, limiter: float | None = 1.01, targets=None, betas=(0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, rest: str = "adamw", switch: str = "keep",
-                 **options):
-        super().__init__(model_or_params, lr=lr, rank=rank, refresh_every=refresh_every, scale=scale,
-                         limiter=limiter, targets=targets, betas=betas, eps=eps,
-                         weight_decay=weight_decay, rest=rest, switch=switch, **options)
+    def __init__(self, model_or_params, lr: float = 0.01, rank: int = 1, scale: float = 128.0,
+                 **kwargs):
+        super().__init__(model_or_params, lr=lr, rank=rank, scale=scale, **kwargs)
 
 
 class Fira(ProjectedRecipe):
@@ -85,11 +80,10 @@ class Fira(ProjectedRecipe):
                  scale: float = 0.25, limiter: float | None = 1.01, basis: str = "randomized",
                  switch: str = "keep", targets=None, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, rest: str = "adamw", **options):
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                basis=basis, switch=switch, residual="fira", limiter=limiter,
-                                **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                    basis=basis, switch=switch, residual="fira", limiter=limiter)
 
 
 class FRUGAL(ProjectedRecipe):
@@ -124,9 +118,8 @@ class FRUGAL(ProjectedRecipe):
             raise ValueError("FRUGAL needs rank= or density= for its state-full subspace")
         if residual not in ("sign", "sgd"):
             raise ValueError(f"FRUGAL's residual is 'sign' or 'sgd', got {residual!r}")
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, density=None if rank is not None else density,
-                                   refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule=rule, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                basis=basis, switch=switch, residual=residual,
-                                residual_scale=residual_scale, **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, density=None if rank is not None else density,
+                    refresh_every=refresh_every, scale=scale,
+                    rule=rule, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, basis=basis,
+                    switch=switch, residual=residual, residual_scale=residual_scale)

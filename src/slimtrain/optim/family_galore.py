@@ -3,7 +3,7 @@ GaLore-Adafactor, GaLore-Lion. ``**options``: see ``recipes.runtime_options``.""
 
 from __future__ import annotations
 
-from .recipes import ProjectedRecipe, runtime_options
+from .recipes import ProjectedRecipe
 
 
 class QGaLore(ProjectedRecipe):
@@ -30,13 +30,12 @@ class QGaLore(ProjectedRecipe):
                  lazy_threshold: float = 0.4, lazy_queue: int = 5, lazy_growth: float = 2,
                  basis: str = "randomized", switch: str = "keep", targets=None, betas=(0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, rest: str = "adamw", **options):
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                basis=basis, switch=switch, refresh="lazy",
-                                projector_bits=projector_bits, projector_group=projector_group,
-                                lazy_threshold=lazy_threshold, lazy_queue=lazy_queue,
-                                lazy_growth=lazy_growth, **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                    basis=basis, switch=switch, refresh="lazy", projector_bits=projector_bits,
+                    projector_group=projector_group, lazy_threshold=lazy_threshold,
+                    lazy_queue=lazy_queue, lazy_growth=lazy_growth)
 
 
 class NaturalGaLore(ProjectedRecipe):
@@ -60,12 +59,10 @@ class NaturalGaLore(ProjectedRecipe):
                  scale: float = 0.25, history: int = 20, damping: float = 1e-3,
                  basis: str = "randomized", switch: str = "keep", targets=None, betas=(0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rest: str = "adamw", **options):
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="natural", lr=lr, betas=betas, eps=eps,
-                                weight_decay=weight_decay, basis=basis, switch=switch,
-                                natural_history=history, natural_damping=damping,
-                                **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="natural", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                    basis=basis, switch=switch, natural_history=history, natural_damping=damping)
 
 
 class GaLoreAdafactor(ProjectedRecipe):
@@ -89,12 +86,11 @@ class GaLoreAdafactor(ProjectedRecipe):
                  **options):
         if beta1 is not None and not 0 <= beta1 < 1:
             raise ValueError(f"beta1 must lie in [0, 1) or be None (no first moment), got {beta1!r}")
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="adafactor", lr=lr, weight_decay=weight_decay, basis=basis,
-                                switch=switch, adafactor_beta1=beta1, decay_rate=decay_rate,
-                                clip_threshold=clip_threshold, factored_eps=eps,
-                                **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="adafactor", lr=lr, weight_decay=weight_decay, basis=basis, switch=switch,
+                    adafactor_beta1=beta1, decay_rate=decay_rate, clip_threshold=clip_threshold,
+                    factored_eps=eps)
 
 
 class GaLoreLion(ProjectedRecipe):
@@ -112,7 +108,7 @@ class GaLoreLion(ProjectedRecipe):
     def __init__(self, model_or_params, lr: float = 1e-3, rank: int = 128, refresh_every: int = 200,
                  scale: float = 0.25, basis: str = "randomized", switch: str = "keep", targets=None,
                  betas=(0.9, 0.99), weight_decay: float = 0.0, rest: str = "adamw", **options):
-        self._setup(model_or_params, targets=targets, rest=rest,
-                    projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-                    shared=dict(rule="lion", lr=lr, betas=betas, weight_decay=weight_decay,
-                                basis=basis, switch=switch, **runtime_options(**options)))
+        self._setup(model_or_params, targets=targets, rest=rest, options=options,
+                    rank=rank, refresh_every=refresh_every, scale=scale,
+                    rule="lion", lr=lr, betas=betas, weight_decay=weight_decay, basis=basis,
+                    switch=switch)

@@ -39,15 +39,18 @@ class ProjectedRecipe(PipelineOptimizer):
     #: how the state of one projected m×n matrix (m ≤ n after choosing the side) is made up
     state_formula = ""
 
-    def _setup(self, model_or_params, *, targets, rest: str, projected: dict[str, Any],
-               shared: dict[str, Any]) -> None:
+    def _setup(self, model_or_params, *, targets, rest: str, rank: int | None, refresh_every: int,
+               scale: float, options: dict[str, Any], density: float | None = None, **shared) -> None:
+        """Build the groups: the targets get ``rank``/``density``, ``refresh_every`` and ``scale``;
+        ``shared`` (the rule and its hyperparameters) and the runtime ``options`` are defaults for
+        every group, so galore-style groups written by hand (which carry just rank /
+        update_proj_gap / scale / proj_type) get them too."""
         if "betas" in shared:
             shared["betas"] = tuple(shared["betas"])
-        # Group-level options that only matter for projected groups are defaults for all groups,
-        # so galore-style groups (which carry just rank/update_proj_gap/scale/proj_type) get them.
-        defaults = {**shared, **{k: v for k, v in projected.items() if k not in ("rank", "density")}}
+        projected = dict(rank=rank, density=density, refresh_every=refresh_every, scale=scale)
+        defaults = {**shared, **runtime_options(**options), "refresh_every": refresh_every, "scale": scale}
         groups = build_param_groups(model_or_params, projection=projected, targets=targets,
-                                    rest=rest_keys(rest, shared.get("rule", "adam")))
+                                    rest=rest_keys(rest, shared["rule"]))
         PipelineOptimizer.__init__(self, groups, defaults)
 
 
@@ -90,11 +93,9 @@ class GaLoreAdamW(ProjectedRecipe):
                  *, side: str = "auto", stagger: bool = False, power_iters: int = 1,
                  oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
                  fused: bool | None = None, check_finite: bool = True):
-        self._setup(
-            model_or_params, targets=targets, rest=rest,
-            projected=dict(rank=rank, refresh_every=refresh_every, scale=scale),
-            shared=dict(rule="adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        basis=basis, switch=switch,
-                        **runtime_options(side=side, stagger=stagger, power_iters=power_iters,
-                                          oversample=oversample, eps_mode=eps_mode,
-                                          foreach=foreach, fused=fused, check_finite=check_finite)))
+        self._setup(model_or_params, targets=targets, rest=rest, rank=rank,
+                    refresh_every=refresh_every, scale=scale, rule="adam", lr=lr, betas=betas, eps=eps,
+                    weight_decay=weight_decay, basis=basis, switch=switch,
+                    options=dict(side=side, stagger=stagger, power_iters=power_iters,
+                                 oversample=oversample, eps_mode=eps_mode, foreach=foreach,
+                                 fused=fused, check_finite=check_finite))

@@ -133,30 +133,35 @@ class AdafactorRule(Rule):
         return moments
 
     def directions(self, grads, moments, counts, group, impl):
-        # Per tensor either way: the factored statistics are reductions, not elementwise.
+        # Per tensor either way (the factored statistics are reductions, not elementwise). The
+        # clipping is a scalar, so it goes into the factor instead of another pass over U.
         eps1, clip, beta1 = group["factored_eps"], group["clip_threshold"], group["adafactor_beta1"]
-        directions = []
+        directions, factors = [], []
         for g, m, count in zip(grads, moments, counts):
             count += 1
             beta2t = 1.0 - float(count.item()) ** group["decay_rate"]
-            sq = g.square().add_(eps1)
             if "exp_avg_sq_row" in m:
                 row, col = m["exp_avg_sq_row"], m["exp_avg_sq_col"]
-                row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1 - beta2t)
-                col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1 - beta2t)
+                # means of G² + ε₁ along rows / columns, from norms: no m×n temporary for G²
+                rows, cols = g.shape[-2], g.shape[-1]
+                row_mean = torch.linalg.vector_norm(g, dim=-1).square_().div_(cols).add_(eps1)
+                col_mean = torch.linalg.vector_norm(g, dim=-2).square_().div_(rows).add_(eps1)
+                row.mul_(beta2t).add_(row_mean, alpha=1 - beta2t)
+                col.mul_(beta2t).add_(col_mean, alpha=1 - beta2t)
                 r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
-                u = torch.mul(r_factor, col.unsqueeze(-2).rsqrt()).mul_(g)
+                u = (g * r_factor).mul_(col.rsqrt().unsqueeze(-2))
             else:
                 v = m["exp_avg_sq"]
-                v.mul_(beta2t).add_(sq, alpha=1 - beta2t)
+                v.mul_(beta2t).addcmul_(g, g, value=1 - beta2t).add_(eps1 * (1 - beta2t))
                 u = v.rsqrt().mul_(g)
-            rms = u.norm(2) / (u.numel() ** 0.5)
-            u.div_((rms / clip).clamp_(min=1.0))
+            rms = torch.linalg.vector_norm(u).item() / u.numel() ** 0.5
+            shrink = 1.0 / max(rms / clip, 1.0)
             if beta1 is not None:
-                m["exp_avg"].mul_(beta1).add_(u, alpha=1 - beta1)
-                u = m["exp_avg"].clone()
+                m["exp_avg"].mul_(beta1).add_(u, alpha=(1 - beta1) * shrink)
+                u, shrink = m["exp_avg"], 1.0  # read-only from here on
             directions.append(u)
-        return directions, [1.0] * len(grads)
+            factors.append(shrink)
+        return directions, factors
 
 
 class NaturalRule(Rule):
