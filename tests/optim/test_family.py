@@ -215,3 +215,19 @@ def test_loss_falls_on_real_text(name):
     losses = train_on_text(model, opt, 40, data)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_recipe_signatures_list_what_a_call_may_pass():
+    """The memory planner asks ``inspect.signature(recipe)`` what a recipe accepts: the runtime
+    options are advertised explicitly (no catch-all ``**options``), and unknown ones are refused."""
+    import inspect
+
+    for name in so.available():
+        params = inspect.signature(so.recipe(name).factory).parameters
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), name
+        assert "check_finite" in params and "state_bits" not in params
+    mini = inspect.signature(so.APOLLOMini).parameters
+    assert mini["scale"].default == 128.0 and "limiter" in mini and "side" in mini
+    with pytest.raises(TypeError, match="state_bits"):
+        so.create("apollo", [("mlp.w", torch.nn.Parameter(torch.randn(8, 16)))], targets="mlp",
+                  state_bits=8)

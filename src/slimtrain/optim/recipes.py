@@ -8,6 +8,7 @@ hyperparameters), which are also the defaults of param groups written by hand.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .core import PipelineOptimizer
@@ -34,7 +35,18 @@ class AdamW(PipelineOptimizer):
 
 
 class ProjectedRecipe(PipelineOptimizer):
-    """Base of the recipes that project their target matrices."""
+    """Base of the recipes that project their target matrices.
+
+    Recipes take the runtime options as ``**options``; their signatures advertise them as explicit
+    keyword-only parameters (``__init_subclass__``), so ``inspect.signature(recipe)`` — which the
+    memory planner uses to ask what a recipe accepts — lists exactly what a call may pass.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            init.__signature__ = _expanded_signature(cls, init)
 
     #: how the state of one projected m×n matrix (m ≤ n after choosing the side) is made up
     state_formula = ""
@@ -52,6 +64,22 @@ class ProjectedRecipe(PipelineOptimizer):
         groups = build_param_groups(model_or_params, projection=projected, targets=targets,
                                     rest=rest_keys(rest, shared["rule"]))
         PipelineOptimizer.__init__(self, groups, defaults)
+
+
+def _expanded_signature(cls, init) -> inspect.Signature:
+    """``init``'s signature with ``**kwargs`` replaced by what it forwards to: the parent recipe's
+    parameters, or the runtime options for a direct subclass of ``ProjectedRecipe``."""
+    sig = inspect.signature(init)
+    fixed = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    if len(fixed) == len(sig.parameters):
+        return sig
+    parent = next((b for b in cls.__mro__[1:] if "__init__" in b.__dict__
+                   and issubclass(b, ProjectedRecipe) and b is not ProjectedRecipe), None)
+    source = inspect.signature(parent.__init__ if parent else runtime_options).parameters.values()
+    taken = {p.name for p in fixed} | {"self", "model_or_params"}
+    extra = [p.replace(kind=p.KEYWORD_ONLY) for p in source
+             if p.name not in taken and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return sig.replace(parameters=fixed + extra)
 
 
 def runtime_options(*, side: str = "auto", stagger: bool = False, power_iters: int = 1,
