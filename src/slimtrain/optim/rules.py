@@ -109,17 +109,29 @@ class LionRule(Rule):
         return directions, [1.0] * len(grads)
 
 
+_CHUNK = 1 << 20  # elements per row chunk: temporaries stay small enough for the allocator to reuse
+
+
+def _row_chunks(rows: int, cols: int):
+    step = max(1, _CHUNK // max(cols, 1))
+    return [(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 class AdafactorRule(Rule):
     """Adafactor (Shazeer & Stern 2018) as in ``transformers``' and galore-torch's ``Adafactor``
     with ``relative_step=False, scale_parameter=False`` (the settings GaLore's scripts and the HF
     Trainer use): β₂ₜ = 1 − t^decay_rate; the second moment of a matrix is kept as row and column
-    means of G² + ε₁ (m + n numbers), of a vector in full; the update G/√V̂ is clipped to RMS ≤
-    ``clip_threshold``; with ``adafactor_beta1`` a first moment averages the clipped updates.
+    means of G² + ε₁ (m + n numbers), of a vector in full; the update U = G/√V̂ (V̂ = r cᵀ / mean(r))
+    is clipped to RMS ≤ ``clip_threshold``; with ``adafactor_beta1`` a first moment averages U.
 
     Differences from the references: they scale by lr before the first moment (so a changing lr
     enters the average); here the moment averages lr-free updates and lr is applied after, which is
     the same for a constant lr. Relative steps and parameter-scale updates need the parameter and
     are not offered (the rule never sees it on the projected path).
+
+    U is never formed as a full m×n tensor for a matrix: the statistics and the clipping norm are
+    reductions, and the update is applied in row chunks (an embedding's m×n temporaries would cost
+    more than the whole Adam step on CPU).
     """
 
     name = "adafactor"
@@ -132,36 +144,71 @@ class AdafactorRule(Rule):
             moments["exp_avg"] = shape
         return moments
 
-    def directions(self, grads, moments, counts, group, impl):
-        # Per tensor either way (the factored statistics are reductions, not elementwise). The
-        # clipping is a scalar, so it goes into the factor instead of another pass over U.
+    @staticmethod
+    def _factors(g, m, beta2t, eps1):
+        """Update the row/column statistics; return the row and column factors of 1/√V̂."""
+        rows, cols = g.shape
+        row, col = m["exp_avg_sq_row"], m["exp_avg_sq_col"]
+        col_sq = torch.zeros_like(col)
+        for a, b in _row_chunks(rows, cols):
+            col_sq.add_(g[a:b].square().sum(dim=0))
+        row_sq = torch.linalg.vector_norm(g, dim=-1).square_()
+        row.mul_(beta2t).add_(row_sq.div_(cols).add_(eps1), alpha=1 - beta2t)
+        col.mul_(beta2t).add_(col_sq.div_(rows).add_(eps1), alpha=1 - beta2t)
+        return (row / row.mean()).rsqrt_(), col.rsqrt()
+
+    @staticmethod
+    def _rms(g, r, c):
+        """RMS of g ⊙ r cᵀ without forming it: Σᵢ rᵢ² (gᵢ² · c²)."""
+        total = g.new_zeros(())
+        c2 = c * c
+        for a, b in _row_chunks(*g.shape):
+            total += ((g[a:b].square() @ c2) * r[a:b].square()).sum()
+        return (total / g.numel()).sqrt().item()
+
+    def _one(self, g, m, count, group, param=None):
+        """(direction, factor) — or None after applying the update to ``param`` itself."""
         eps1, clip, beta1 = group["factored_eps"], group["clip_threshold"], group["adafactor_beta1"]
-        directions, factors = [], []
-        for g, m, count in zip(grads, moments, counts):
-            count += 1
-            beta2t = 1.0 - float(count.item()) ** group["decay_rate"]
-            if "exp_avg_sq_row" in m:
-                row, col = m["exp_avg_sq_row"], m["exp_avg_sq_col"]
-                # means of G² + ε₁ along rows / columns, from norms: no m×n temporary for G²
-                rows, cols = g.shape[-2], g.shape[-1]
-                row_mean = torch.linalg.vector_norm(g, dim=-1).square_().div_(cols).add_(eps1)
-                col_mean = torch.linalg.vector_norm(g, dim=-2).square_().div_(rows).add_(eps1)
-                row.mul_(beta2t).add_(row_mean, alpha=1 - beta2t)
-                col.mul_(beta2t).add_(col_mean, alpha=1 - beta2t)
-                r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
-                u = (g * r_factor).mul_(col.rsqrt().unsqueeze(-2))
-            else:
-                v = m["exp_avg_sq"]
-                v.mul_(beta2t).addcmul_(g, g, value=1 - beta2t).add_(eps1 * (1 - beta2t))
-                u = v.rsqrt().mul_(g)
-            rms = torch.linalg.vector_norm(u).item() / u.numel() ** 0.5
-            shrink = 1.0 / max(rms / clip, 1.0)
-            if beta1 is not None:
-                m["exp_avg"].mul_(beta1).add_(u, alpha=(1 - beta1) * shrink)
-                u, shrink = m["exp_avg"], 1.0  # read-only from here on
-            directions.append(u)
-            factors.append(shrink)
-        return directions, factors
+        count += 1
+        beta2t = 1.0 - float(count.item()) ** group["decay_rate"]
+        if "exp_avg_sq" in m:  # a vector: the second moment in full
+            v = m["exp_avg_sq"]
+            v.mul_(beta2t).addcmul_(g, g, value=1 - beta2t).add_(eps1 * (1 - beta2t))
+            u = v.rsqrt().mul_(g)
+            shrink = 1.0 / max(torch.linalg.vector_norm(u).item() / u.numel() ** 0.5 / clip, 1.0)
+            if beta1 is None:
+                return u, shrink
+            m["exp_avg"].mul_(beta1).add_(u, alpha=(1 - beta1) * shrink)
+            return m["exp_avg"], 1.0
+        r, c = self._factors(g, m, beta2t, eps1)
+        shrink = 1.0 / max(self._rms(g, r, c) / clip, 1.0)
+        target = m.get("exp_avg") if beta1 is not None else param
+        if target is None:  # the projected path: a small r×n direction
+            return (g * r.unsqueeze(-1)).mul_(c), shrink
+        if beta1 is not None:
+            target.mul_(beta1)
+            value = (1 - beta1) * shrink
+        else:
+            value = -group["lr"] * shrink
+        for a, b in _row_chunks(*g.shape):
+            target[a:b].addcmul_(g[a:b], torch.outer(r[a:b], c), value=value)
+        return (target, 1.0) if beta1 is not None else None
+
+    def directions(self, grads, moments, counts, group, impl):
+        pairs = [self._one(g, m, c, group) for g, m, c in zip(grads, moments, counts)]
+        return [d for d, _ in pairs], [f for _, f in pairs]
+
+    def update(self, grads, moments, counts, group, impl, params=None):
+        if params is None:
+            return self.directions(grads, moments, counts, group, impl)
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        for p, g, m, c in zip(params, grads, moments, counts):
+            if weight_decay != 0:
+                p.mul_(1 - lr * weight_decay)
+            out = self._one(g, m, c, group, param=p)  # decay first, then the update (as AdamW)
+            if out is not None:
+                p.add_(out[0].to(p.dtype), alpha=-lr * out[1])
+        return None
 
 
 class NaturalRule(Rule):
