@@ -98,7 +98,7 @@ def test_apollo_stores_seeds_derived_from_names_so_order_does_not_matter(tmp_pat
         named = [(n, params[n]) for n in order]
         return params, so.APOLLO(named, targets="mlp", rank=4, refresh_every=2)
 
-    results = []
+    results, seeds = [], []
     for order in (["a.mlp.w", "b.mlp.w"], ["b.mlp.w", "a.mlp.w"]):
         params, opt = build(order)
         for k in range(5):
@@ -107,9 +107,11 @@ def test_apollo_stores_seeds_derived_from_names_so_order_does_not_matter(tmp_pat
                 params[n].grad = torch.randn(16, 40, generator=g)
             opt.step()
         results.append({n: p.detach().clone() for n, p in params.items()})
+        seeds.append({n: opt.state[p]["seed"].item() for n, p in params.items()})
         assert opt.planned_state_bytes()["projectors"] == 16  # two int64 seeds
     for n in results[0]:
         assert torch.equal(results[0][n], results[1][n])
+    assert seeds[0] == seeds[1] and seeds[0]["a.mlp.w"] != seeds[0]["b.mlp.w"]
 
 
 def test_natural_rule_equals_the_direct_inverse_fisher(monkeypatch):
