@@ -55,3 +55,18 @@ def write_stdlib_jsonl(path, n_bytes: int):
             if total > 0.95 * n_bytes:
                 break
     return path
+
+
+def train_on_text(model, opt, steps: int, data: torch.Tensor, seed: int = 0) -> list[float]:
+    """``steps`` optimizer steps of next-byte prediction on ``data`` (batches of 8 × 64 bytes)."""
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 65, (8,), generator=gen)
+        batch = torch.stack([data[s:s + 65] for s in starts])
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses

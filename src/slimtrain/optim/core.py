@@ -1,128 +1,38 @@
 """The pipeline optimizer: one ``torch.optim.Optimizer`` that runs, per parameter,
 
-    gradient ─► subspace selector (refresh every T) ─► R = project(G) ─► inner rule (Adam)
-             ─► back-map α·back(N) ─► decoupled weight decay and lr ─► W
+    gradient ─► subspace selector (refresh.py, selectors.py) ─► R = project(G)
+             ─► inner rule (rules.py: adam / adafactor / lion / natural)
+             ─► back-map, residual, limiter (backmap.py) ─► decoupled weight decay and lr ─► W
 
-Parameters in a group without ``rank`` skip the projection and go through the same Adam with the
-gradient itself (then they equal ``torch.optim.AdamW`` bit for bit). Recipes (``AdamW``,
-``GaLoreAdamW``, …) are configurations of this class; see ``recipes.py``.
+Parameters in a group without ``rank`` skip the projection and go through the same rule with the
+gradient itself (with Adam they equal ``torch.optim.AdamW`` bit for bit). Recipes (``AdamW``,
+``GaLoreAdamW``, ``APOLLO``, ``Fira``, …) are configurations of this class; see ``recipes.py`` and
+``family.py``. Group keys and their defaults are listed in ``groups.py``.
 
-State is tensors only (moments, basis, step counters) so ``state_dict()`` loads with
-``torch.load(weights_only=True)``; ``load_state_dict`` keeps every state tensor's dtype.
+State is tensors only (moments, bases or seeds, step counters) so ``state_dict()`` loads with
+``torch.load(weights_only=True)``; ``load_state_dict`` keeps every state tensor's dtype
+(``state_io.py``).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._warnings import warn
-from .adam import EPS_MODES, adam_, fused_supported
-from .selectors import SELECTORS, random_orthonormal_basis, select_basis
-from .subspace import (SIDES, SWITCH_POLICIES, apply_back_, basis_shape, choose_side, project,
-                       projected_shape, reproject_moments_)
+from .adam import fused_supported
+from .backmap import apply_update_
+from .groups import GROUP_DEFAULTS, ParamPlan, check_group, plan_group
+from .rules import RULES
+from .state_io import STATE_FORMAT, StateIO
+from .subspace import project
+from .subspace_state import current_basis, maybe_refresh
 from .targets import translate_galore_keys
 
-STATE_FORMAT = 1
-
-# Every key a group may carry, with the value used when neither the recipe nor the group sets it.
-GROUP_DEFAULTS: dict[str, Any] = dict(
-    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, eps_mode="torch",
-    rank=None,              # None: no projection (plain AdamW through the same kernel)
-    refresh_every=200,      # T: steps between subspace refreshes
-    scale=1.0,              # α: multiplies the back-mapped update (GaLore's "scale")
-    basis="randomized",     # subspace selector: "svd" or "randomized"
-    switch="keep",          # what happens to the moments at a refresh: keep / reset / reproject
-    side="auto",            # which side to project: auto (state r×max(m,n)) / left / right / reverse
-    stagger=False,          # spread the refreshes of a group's matrices over the T steps
-    power_iters=1,          # randomized selector: power iterations (warm start counts as one)
-    oversample=8,           # randomized selector: extra columns of the range finder
-    foreach=True,           # multi-tensor kernels for the elementwise parts (False: for-loop)
-    fused=None,             # torch's fused Adam kernel; None = use it where it applies
-    check_finite=True,      # skip (and report) parameters whose gradient has NaN/Inf
-)
-
-
-@dataclass(frozen=True)
-class ParamPlan:
-    """How one parameter is handled; derived from its group and shape, never stored."""
-
-    name: str
-    rank: int | None        # None → not projected
-    side: str = ""
-    index: int = 0          # position among the group's projected parameters (for staggering)
-    count: int = 1
-
-    @property
-    def projected(self) -> bool:
-        return self.rank is not None
-
-
-def _check_group(group: dict[str, Any]) -> None:
-    def bad(msg: str) -> ValueError:
-        return ValueError(msg)
-
-    lr = group["lr"]
-    if not isinstance(lr, (int, float)) or lr < 0 or math.isnan(lr):
-        raise bad(f"lr must be a number >= 0, got {lr!r}")
-    b1, b2 = group["betas"]
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise bad(f"betas must lie in [0, 1), got {group['betas']!r}")
-    if group["eps"] < 0:
-        raise bad(f"eps must be >= 0, got {group['eps']!r}")
-    if group["weight_decay"] < 0:
-        raise bad(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
-    if group["eps_mode"] not in EPS_MODES:
-        raise bad(f"eps_mode must be one of {EPS_MODES}, got {group['eps_mode']!r}")
-    rank = group["rank"]
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-        raise bad(f"rank must be a positive integer (or None for no projection), got {rank!r}")
-    every = group["refresh_every"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise bad(f"refresh_every must be an integer >= 1, got {every!r}")
-    if not isinstance(group["scale"], (int, float)) or group["scale"] <= 0:
-        raise bad(f"scale must be a number > 0, got {group['scale']!r}")
-    for key, allowed in (("basis", SELECTORS), ("switch", SWITCH_POLICIES), ("side", SIDES)):
-        if group[key] not in allowed:
-            raise bad(f"{key} must be one of {allowed}, got {group[key]!r}")
-    if group["power_iters"] < 0 or group["oversample"] < 0:
-        raise bad("power_iters and oversample must be >= 0")
-
-
-def _plan_group(group: dict[str, Any], names: list[str]) -> list[ParamPlan]:
-    rank = group["rank"]
-    if rank is None:
-        return [ParamPlan(n, None) for n in names]
-    plans, flat, full = [], [], []
-    for name, p in zip(names, group["params"]):
-        if p.dim() != 2:
-            flat.append(name)
-            plans.append(ParamPlan(name, None))
-        elif rank >= min(p.shape):
-            full.append(name)
-            plans.append(ParamPlan(name, None))
-        else:
-            plans.append(ParamPlan(name, rank, choose_side(p.shape, group["side"])))
-    if flat:
-        warn(f"{len(flat)} parameters in a projected group are not 2-D and are trained "
-                      f"with full-rank AdamW: {', '.join(flat[:5])}")
-    if full:
-        warn(f"rank {rank} >= min(rows, cols) for {len(full)} parameters, so projecting "
-                      f"saves nothing; they are trained with full-rank AdamW: {', '.join(full[:5])}")
-    count = sum(pl.projected for pl in plans)
-    index = 0
-    for i, pl in enumerate(plans):
-        if pl.projected:
-            plans[i] = ParamPlan(pl.name, pl.rank, pl.side, index, count)
-            index += 1
-    return plans
-
+__all__ = ["GROUP_DEFAULTS", "STATE_FORMAT", "ParamPlan", "PipelineOptimizer"]
 
 def _grad_norms(grads: list[Tensor]) -> list[float]:
     """L2 norm of each gradient with one device sync; fp16/bf16 are summed in fp32 so a large
@@ -137,8 +47,11 @@ def _grad_norms(grads: list[Tensor]) -> list[float]:
     return torch.stack(norms).tolist()
 
 
-def _impl(group: dict[str, Any], tensors: list[Tensor]) -> str:
+def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
+    """for-loop, foreach or fused. Only Adam has a fused kernel; other rules run foreach then."""
     fused = group["fused"]
+    if rule != "adam":
+        return "foreach" if group["foreach"] or fused else "forloop"
     if fused is None:
         fused = fused_supported(tensors, group["eps_mode"])
     elif fused and not fused_supported(tensors, group["eps_mode"]):
@@ -149,12 +62,8 @@ def _impl(group: dict[str, Any], tensors: list[Tensor]) -> str:
     return "foreach" if group["foreach"] else "forloop"
 
 
-def _elem_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-class PipelineOptimizer(torch.optim.Optimizer):
-    """Runs the projection pipeline; recipes in ``recipes.py`` choose its parts and defaults."""
+class PipelineOptimizer(StateIO, torch.optim.Optimizer):
+    """Runs the projection pipeline; recipes choose its parts and defaults."""
 
     def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]):
         self._plans: dict[Tensor, ParamPlan] = {}
@@ -167,7 +76,7 @@ class PipelineOptimizer(torch.optim.Optimizer):
         param_group = translate_galore_keys(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_group(group)
+        check_group(group)
         self._plan(group)
 
     def _plan(self, group: dict[str, Any]) -> None:
@@ -175,7 +84,7 @@ class PipelineOptimizer(torch.optim.Optimizer):
         if names is None:
             names = [f"param{self._unnamed + i}" for i in range(len(group["params"]))]
             self._unnamed += len(names)
-        for p, plan in zip(group["params"], _plan_group(group, names)):
+        for p, plan in zip(group["params"], plan_group(group, names)):
             self._plans[p] = plan
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -216,10 +125,13 @@ class PipelineOptimizer(torch.optim.Optimizer):
         norm_sq = None
         if group["check_finite"]:
             params, norm_sq = self._drop_nonfinite(params)
-        plain = [p for p in params if not self._plans[p].projected]
+        plain: dict[str, list[Tensor]] = {}
+        for p in params:
+            if not self._plans[p].projected:
+                plain.setdefault(self._plans[p].rule, []).append(p)
+        for rule, tensors in plain.items():
+            self._step_plain(group, rule, tensors)
         projected = [p for p in params if self._plans[p].projected]
-        if plain:
-            self._step_plain(group, plain)
         if projected:
             self._step_projected(group, projected)
         return norm_sq
@@ -230,172 +142,52 @@ class PipelineOptimizer(torch.optim.Optimizer):
         if len(keep) < len(params):
             bad = [self._plans[p].name for p, v in zip(params, values) if not math.isfinite(v)]
             warn(f"skipped the update of {len(bad)} parameters whose gradient has NaN/Inf "
-                          f"(state and subspace unchanged): {', '.join(bad[:5])}")
+                 f"(state and subspace unchanged): {', '.join(bad[:5])}")
         return keep, sum(v * v for v in values if math.isfinite(v))
 
-    def _step_plain(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        states = [self._plain_state(p) for p in params]
-        beta1, beta2 = group["betas"]
-        adam_(
-            [p.grad for p in params], [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-            beta1=beta1, beta2=beta2, eps=group["eps"], eps_mode=group["eps_mode"],
-            params=params, lr=group["lr"], weight_decay=group["weight_decay"],
-            impl=_impl(group, params),
-        )
+    # ------------------------------------------------------------------ the inner rule
+    def _init_moments(self, state: dict[str, Tensor], rule: str, shape, like: Tensor,
+                      group: dict[str, Any]) -> None:
+        """Allocate the rule's moments (zeros, in the parameter's dtype) for an update of ``shape``."""
+        for key, moment_shape in RULES[rule].moment_shapes(shape, group).items():
+            state[key] = torch.zeros(moment_shape, dtype=like.dtype, device=like.device)
 
-    def _plain_state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def _run_rule(self, group: dict[str, Any], rule: str, grads: list[Tensor],
+                  states: list[dict[str, Tensor]], count_key: str, params: list[Tensor] | None = None):
+        """The one place where a rule reads and writes its moments (low-bit storage wraps this)."""
+        kernel = RULES[rule]
+        moments = [{k: st[k] for k in kernel.moment_shapes(g.shape, group)} for g, st in zip(grads, states)]
+        counts = [st[count_key] for st in states]
+        return kernel.update(grads, moments, counts, group, _impl(group, params or grads, rule),
+                             params=params)
 
-    def _step_projected(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        low_rank, states = [], []
+    def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor]) -> None:
+        states = []
         for p in params:
             state = self.state[p]
-            fresh = self._maybe_refresh(group, p, state)  # the selector's projection, if it ran
-            low_rank.append(project(p.grad, state["basis"], self._plans[p].side) if fresh is None
-                            else fresh.to(p.grad.dtype).contiguous())
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self._init_moments(state, rule, p.shape, p, group)
             states.append(state)
-        beta1, beta2 = group["betas"]
-        directions, factors = adam_(
-            low_rank, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["moment_step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
-            eps_mode=group["eps_mode"], impl=_impl(group, params),
-        )
-        del low_rank
-        decay = 1 - group["lr"] * group["weight_decay"]
-        for p, state, N, f in zip(params, states, directions, factors):
+        self._run_rule(group, rule, [p.grad for p in params], states, "step", params=params)
+
+    def _step_projected(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        rule = group["rule"]
+        low_rank, bases, states, firsts = [], [], [], []
+        for p in params:
+            plan, state = self._plans[p], self.state[p]
+            firsts.append(not state)
+            fresh = maybe_refresh(self, group, p, plan, state)  # projection for free, if it ran
+            basis = current_basis(group, p, plan, state)
+            low_rank.append(project(p.grad, basis, plan.side) if fresh is None
+                            else fresh.to(p.grad.dtype).contiguous())
+            bases.append(basis)
+            states.append(state)
+        directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step")
+        kernel = RULES[rule]
+        for p, state, R, D, f, basis, first in zip(params, states, low_rank, directions, factors,
+                                                    bases, firsts):
             state["step"] += 1
-            apply_back_(p, N, state["basis"], self._plans[p].side,
-                        alpha=-group["lr"] * group["scale"] * f, beta=decay)
-
-    # ------------------------------------------------------------------ subspace
-    def _refresh_due(self, group: dict[str, Any], plan: ParamPlan, step: int) -> bool:
-        every = group["refresh_every"]
-        offset = (plan.index * every) // plan.count if group["stagger"] else 0
-        return (step - offset) % every == 0
-
-    def _maybe_refresh(self, group: dict[str, Any], p: Tensor, state: dict[str, Tensor]
-                       ) -> Tensor | None:
-        """Recompute the basis when due; returns the gradient projected on the new basis (the
-        selectors produce it as a by-product), or None when the basis is unchanged."""
-        plan = self._plans[p]
-        first = "basis" not in state
-        step = 0 if first else int(state["step"].item())
-        if not first and not self._refresh_due(group, plan, step):
-            return None
-        previous = None if first else state["basis"]
-        # A generator per (name, step): refreshes are reproducible and resume-safe without
-        # touching the global RNG.
-        generator = torch.Generator().manual_seed(zlib.crc32(plan.name.encode()) * 1_000_003 + step)
-        projected = None
-        try:
-            basis, projected = select_basis(
-                p.grad, plan.rank, plan.side, group["basis"], previous=previous,
-                power_iters=group["power_iters"], oversample=group["oversample"], generator=generator)
-            if not torch.isfinite(basis).all():
-                raise torch.linalg.LinAlgError("non-finite basis")
-        except torch.linalg.LinAlgError as err:
-            if previous is not None:
-                warn(f"subspace refresh of {plan.name} failed ({err}); keeping the previous basis")
-                return None
-            warn(f"subspace refresh of {plan.name} failed ({err}); starting from a random "
-                 "orthonormal basis")
-            basis = random_orthonormal_basis(p.shape, plan.rank, plan.side, generator, p.device)
-            projected = None
-        if first:
-            shape = projected_shape(p.shape, plan.rank, plan.side)
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        elif group["switch"] == "reset":
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
-            state["moment_step"].zero_()
-        elif group["switch"] == "reproject":
-            reproject_moments_(state["exp_avg"], state["exp_avg_sq"], previous, basis, plan.side)
-        state["basis"] = basis
-        return projected
-
-    # ------------------------------------------------------------------ memory
-    def planned_state_bytes(self) -> dict[str, int]:
-        """Optimizer-state bytes this optimizer will hold once every parameter has stepped,
-        from shapes alone (works on meta tensors): {"states": …, "projectors": …}."""
-        states = projectors = 0
-        scalar = 4  # float32 step counters
-        for group in self.param_groups:
-            for p in group["params"]:
-                plan = self._plans[p]
-                elem = _elem_bytes(p.dtype)
-                if plan.projected:
-                    r_shape = projected_shape(p.shape, plan.rank, plan.side)
-                    states += 2 * math.prod(r_shape) * elem + 2 * scalar
-                    projectors += math.prod(basis_shape(p.shape, plan.rank, plan.side)) * 4
-                else:
-                    states += 2 * p.numel() * elem + scalar
-        return {"states": states, "projectors": projectors}
-
-    def state_bytes(self) -> dict[str, int]:
-        """Bytes of the tensors actually held in the optimizer state: {"states", "projectors"}."""
-        states = projectors = 0
-        for st in self.state.values():
-            for key, value in st.items():
-                if isinstance(value, Tensor):
-                    if key == "basis":
-                        projectors += value.nbytes
-                    else:
-                        states += value.nbytes
-        return {"states": states, "projectors": projectors}
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["format_version"] = STATE_FORMAT
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        version = state_dict.get("format_version")
-        if version is None:
-            raise ValueError("this optimizer state was not written by slimtrain (no 'format_version'); "
-                             "load a state saved from a slimtrain optimizer, or start fresh")
-        if version > STATE_FORMAT:
-            raise ValueError(f"optimizer state format {version} is newer than this slimtrain "
-                             f"understands ({STATE_FORMAT}); upgrade slimtrain")
-        saved_state = state_dict["state"]
-        saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
-        # torch's loader would cast every state tensor to the parameter's dtype (uint8 codes and
-        # bf16 moments would come back float32): let it restore the groups only, then copy the
-        # state ourselves, keeping dtypes and never sharing tensors with the source dict.
-        super().load_state_dict({**state_dict, "state": {}})
-        for param_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
-            if param_id not in saved_state:
-                continue
-            restored = {}
-            for key, value in saved_state[param_id].items():
-                if isinstance(value, Tensor):
-                    device = "cpu" if key.endswith("step") else p.device
-                    value = value.detach().to(device=device, copy=True)
-                restored[key] = value
-            self._check_restored(p, restored)
-            self.state[p] = restored
-
-    def _check_restored(self, p: Tensor, state: dict[str, Any]) -> None:
-        plan = self._plans[p]
-        if plan.projected:
-            expected = {"exp_avg": projected_shape(p.shape, plan.rank, plan.side),
-                        "basis": basis_shape(p.shape, plan.rank, plan.side)}
-        else:
-            expected = {"exp_avg": tuple(p.shape)}
-        for key, shape in expected.items():
-            got = state.get(key)
-            if got is None or tuple(got.shape) != tuple(shape):
-                found = None if got is None else tuple(got.shape)
-                raise ValueError(
-                    f"optimizer state of {plan.name!r} has {key} of shape {found}, expected {shape}: "
-                    "the checkpoint was saved for a different model, rank or projection side"
-                )
+            apply_update_(p, p.grad, R, D, basis, self._plans[p].side, group=group, state=state,
+                          factor=f, step_size=kernel.step_size(state["moment_step"].item(), group),
+                          first=first)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .family import APOLLO, FRUGAL, APOLLOMini, Fira
+from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
 from .recipes import AdamW, GaLoreAdamW
 
 
@@ -54,3 +56,11 @@ def create(name: str, model_or_params, **kwargs) -> torch.optim.Optimizer:
 
 register("adamw", AdamW, "AdamW through slimtrain's pipeline (equals torch.optim.AdamW)")
 register("galore-adamw", GaLoreAdamW, "GaLore: Adam in a low-rank gradient subspace (Zhao et al. 2024)")
+register("apollo", APOLLO, "APOLLO: channel-wise scaling of G from Adam on a random sketch (Zhu et al. 2025)")
+register("apollo-mini", APOLLOMini, "APOLLO-Mini: rank-1 sketch, one tensor-wise scale (Zhu et al. 2025)")
+register("fira", Fira, "Fira: GaLore + norm-scaled full-rank residual + limiter (Chen et al. 2024)")
+register("frugal", FRUGAL, "FRUGAL: Adam in a subspace + state-free signSGD outside it (Zmushko et al. 2025)")
+register("q-galore", QGaLore, "Q-GaLore: packed 4-bit projector, lazy refresh (Zhang et al. 2024)")
+register("natural-galore", NaturalGaLore, "Natural GaLore: Woodbury natural gradient, then Adam (Das 2024)")
+register("galore-adafactor", GaLoreAdafactor, "GaLore with Adafactor's factored second moment")
+register("galore-lion", GaLoreLion, "GaLore with Lion (sign of interpolated momentum)")
