@@ -1,14 +1,17 @@
 """The whole CLI path on a micro LLaMA: pretrain, loss falls, checkpoints, exact resume, Ctrl-C."""
 
 import json
+import math
 import os
 import shutil
 import signal
 import threading
 import time
 
+import pytest
 import torch
 
+from slimtrain import optim
 from slimtrain.train.checkpoint import list_checkpoints, load_trainer_state
 from slimtrain.train.metrics import read_metrics
 from tests.train.conftest import (assert_same_weights, base_args, cli, final_weights, trajectory)
@@ -104,3 +107,16 @@ def test_bf16_autocast_trains(model_dir, corpus, tmp_path):
     records = _run(model_dir, corpus, tmp_path / "bf16", steps=8, precision="bf16")
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
+
+
+@pytest.mark.parametrize("recipe", optim.available())
+def test_every_registered_recipe_trains_through_the_cli(recipe, model_dir, corpus, tmp_path):
+    out = tmp_path / recipe
+    result = cli("pretrain", "--model", model_dir, "--data", corpus, "--optimizer", recipe, "--out", out,
+                 "--steps", 3, "--batch-size", 2, "--seq-len", 32, "--eval-every", 3, "--log-every", 1,
+                 "--val-fraction", 0.2, "--eval-batches", 1)
+    assert result.exit_code == 0, result.stderr
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2, 3] and math.isfinite(records[-1]["val_loss"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["optimizer_state_bytes"]

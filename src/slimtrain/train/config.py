@@ -39,8 +39,8 @@ class TrainConfig:
     optimizer: str = _f("galore-adamw", "Optimizer recipe (see `slimtrain optimizers`).")
     lr: float | None = _f(None, "Peak learning rate. Default: the recipe's (galore-adamw 0.01, "
                           "adamw 0.001); fine-tuning 3e-5.")
-    rank: int | None = _f(None, "Projection rank for recipes that project. Default: hidden size / 4 "
-                          "(the GaLore papers' 60M and 1B ratio).")
+    rank: int | None = _f(None, "Projection rank for recipes that project. Default: the recipe's "
+                          "(e.g. 128), capped at hidden size / 4 (the GaLore papers' 60M ratio).")
     weight_decay: float | None = _f(None, "Decoupled weight decay. Default: the recipe's.")
     optim_args: dict = _f(None, "Extra recipe argument KEY=VALUE (repeatable), e.g. "
                           "refresh_every=200, scale=0.25.", factory=dict)

@@ -113,7 +113,13 @@ def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
         if getattr(config, name) is not None:
             kwargs[name] = getattr(config, name)
     if "rank" in params:
-        kwargs["rank"] = config.rank if config.rank is not None else max(1, hidden_size // 4)
+        default = params["rank"].default
+        if config.rank is not None:
+            kwargs["rank"] = config.rank
+        elif isinstance(default, int):
+            # The authors' ranks (128…) are sized for 60M+ models; capped at hidden/4 (the papers'
+            # 60M ratio) a small model still projects instead of falling back to full rank.
+            kwargs["rank"] = max(1, min(default, hidden_size // 4))
     elif config.rank is not None:
         raise UserError(f"--rank does not apply to {recipe.name}, which does not project gradients; "
                         "drop --rank or choose a projecting optimizer")
