@@ -163,32 +163,5 @@ def tokenizer_train(
     _guarded(go)
 
 
-@app.command()
-def demo(
-    steps: int = typer.Option(150, help="Optimizer steps per method (batch 16 × 128 bytes)."),
-    seed: int = typer.Option(0, help="Seed for the model initialisation and the data order."),
-    rank: int = typer.Option(32, help="GaLore rank."),
-) -> None:
-    """Train a small LLaMA with AdamW and GaLore-AdamW side by side on stdlib text; print the results."""
-    import torch
-
-    from .demo import run
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
-    for recipe, kwargs in (("adamw", dict(lr=3e-3, weight_decay=0.0)),
-                           ("galore-adamw", dict(lr=1e-2, rank=rank, refresh_every=50))):
-        console.print(f"training with {recipe} for {steps} steps ...")
-        rows.append(run(recipe, steps, seed, **kwargs))
-    base = rows[0]
-    table = Table("optimizer", "val loss", "optimizer state (MiB)", "× AdamW", "of which projectors (MiB)", "s")
-    for r in rows:
-        table.add_row(r["recipe"], f"{r['val_loss']:.3f}", f"{r['state_bytes'] / 2**20:.2f}",
-                      f"{r['state_bytes'] / base['state_bytes']:.2f}", f"{r['projector_bytes'] / 2**20:.2f}",
-                      f"{r['seconds']:.0f}")
-    console.print(f"LLaMA-style model, {base['params'] / 1e6:.2f}M parameters, byte-level stdlib text")
-    console.print(table)
-
-
 if __name__ == "__main__":
     app()
