@@ -47,6 +47,10 @@ from .memory.cli import plan_command  # noqa: E402  (the planner's command lives
 
 app.command("plan")(plan_command)
 
+from .bench.cli import bench_command  # noqa: E402
+
+app.command("bench")(bench_command)
+
 
 @app.command()
 def optimizers() -> None:
@@ -61,7 +65,7 @@ def optimizers() -> None:
 
 
 def _parse_optim_args(items: list[str] | None) -> dict | None:
-    import yaml
+    from .bench.spec import typed
 
     if not items:
         return None
@@ -70,7 +74,7 @@ def _parse_optim_args(items: list[str] | None) -> dict | None:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--optim-arg {item!r} must look like KEY=VALUE, e.g. refresh_every=200")
-        out[key.strip()] = yaml.safe_load(value)  # typed: 200 → int, 0.25 → float, true → bool
+        out[key.strip()] = typed(value)  # 200 → int, 0.25 and 1e-6 → float, true → bool
     return out
 
 

@@ -2,8 +2,9 @@
 (``checkpoint``), metrics and plots (``metrics``), and one CLI invocation (``session``)."""
 
 from .config import TrainConfig
-from .loop import Interrupted, evaluate, train, train_step
+from .loop import Diverged, Interrupted, evaluate, train, train_step
 from .session import run
 from .setup import Run, prepare
 
-__all__ = ["TrainConfig", "Interrupted", "evaluate", "train", "train_step", "run", "Run", "prepare"]
+__all__ = ["TrainConfig", "Diverged", "Interrupted", "evaluate", "train", "train_step", "run", "Run",
+           "prepare"]

@@ -28,6 +28,10 @@ class Interrupted(Exception):
         self.step, self.ckpt = step, ckpt
 
 
+class Diverged(UserError):
+    """The training loss became NaN or infinite (a learning rate too high, usually)."""
+
+
 class _StopOnSignal:
     """First Ctrl-C (or SIGTERM): finish the current step, save, stop. Second Ctrl-C: abort now."""
 
@@ -87,7 +91,9 @@ def train_step(run: Run) -> tuple[float, float | None]:
     # The norm before clipping: what the log should show.
     grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
                  if cfg.grad_clip > 0 else None)
+    started = time.perf_counter()
     run.optimizer.step()
+    run.optimizer_s += time.perf_counter() - started
     if grad_norm is None:
         grad_norm = getattr(run.optimizer, "grad_norm", None)
     run.scheduler.step()
@@ -132,7 +138,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
     last_loss = val_loss = float("nan")
-    session_tokens, session_time = 0, 0.0
+    session_tokens, session_time, session_steps = 0, 0.0, 0
     saved_at = run.step if run.resumed_from else None
     stop = _StopOnSignal(console)
     try:
@@ -150,12 +156,13 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                             "to keep the tokens per step) or pass --activation-checkpointing") from None
                     raise
                 if not math.isfinite(last_loss):
-                    raise UserError(f"the training loss became {last_loss} at step {run.step}; lower "
-                                    "--lr (or raise --warmup-steps) and start a new run")
+                    raise Diverged(f"the training loss became {last_loss} at step {run.step}; lower "
+                                   "--lr (or raise --warmup-steps) and start a new run")
                 dt = time.perf_counter() - t0
                 run.elapsed_s += dt
                 session_time += dt
                 session_tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
+                session_steps += 1
                 tokens_per_s = session_tokens / session_time
                 record = dict(step=run.step, loss=last_loss, lr=run.scheduler.get_last_lr()[0],
                               tokens=run.tokens, grad_norm=grad_norm,
@@ -186,8 +193,11 @@ def train(run: Run, console: Console) -> dict[str, Any]:
     state = _state_bytes(run.optimizer)
     return dict(steps=run.step, tokens=run.tokens, seconds=run.elapsed_s,
                 tokens_per_s=run.tokens / run.elapsed_s if run.elapsed_s else 0.0,
+                # optimizer.step() alone (this session), the part of a step the optimizer decides
+                optimizer_ms_per_step=1e3 * run.optimizer_s / session_steps if session_steps else 0.0,
                 train_loss=last_loss, val_loss=val_loss, val_ppl=math.exp(val_loss),
                 params=run.describe["params"],
                 weight_bytes=sum(p.nbytes for p in run.model.parameters()),
+                gradient_bytes=sum(p.nbytes for p in run.model.parameters() if p.requires_grad),
                 optimizer_state_bytes=state, adamw_state_bytes=adamw_bytes,
                 peak_memory_bytes=peak_memory_bytes(run.device), device=str(run.device))

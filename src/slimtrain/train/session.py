@@ -15,7 +15,7 @@ from ..errors import UserError
 from . import checkpoint
 from .config import load_run_config, merge_resume, read_config_file, resolve, save_config
 from .loop import train
-from .setup import default_run_dir, prepare
+from .setup import OptimizerFactory, default_run_dir, prepare
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -46,12 +46,15 @@ def _settings(kind: str, flags: dict[str, Any], config_file: str | None, resume:
 
 
 def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str | None,
-        console: Console) -> dict[str, Any]:
+        console: Console, optimizer_factory: OptimizerFactory | None = None) -> dict[str, Any]:
+    """``optimizer_factory``: see ``setup.prepare`` (the benchmark trains other libraries'
+    optimizers through it)."""
     config, run_dir, resume_dir = _settings(kind, flags, config_file, resume)
     if resume_dir is None and checkpoint.list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds checkpoints of another run; continue it with "
                         f"--resume {run_dir}, or pass a new --out")
-    r = prepare(kind, config, run_dir, resume_dir, say=console.print)  # all user errors surface here
+    # all user errors surface here
+    r = prepare(kind, config, run_dir, resume_dir, say=console.print, optimizer_factory=optimizer_factory)
     if r.step >= config.steps:
         raise UserError(f"the run in {run_dir} already finished its {config.steps} steps; start a new "
                         "run with --out to train further")

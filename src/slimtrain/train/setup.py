@@ -40,6 +40,7 @@ class Run:
     tokens: int = 0                 # training tokens consumed
     position: int = 0               # training blocks consumed (the data position)
     elapsed_s: float = 0.0          # training time so far, over all sessions of the run
+    optimizer_s: float = 0.0        # time inside optimizer.step() in this session
     resumed_from: Path | None = None
 
 
@@ -104,6 +105,12 @@ def _tokenizer(config: TrainConfig, records, corpus_key: str, vocab_size: int, s
     return cached_bpe(texts, corpus_key, vocab_size, say)
 
 
+def default_rank(recipe_rank: int, hidden_size: int) -> int:
+    """The authors' ranks (128…) are sized for 60M+ models; capped at hidden/4 (the papers' 60M
+    ratio) a small model still projects instead of falling back to full rank."""
+    return max(1, min(recipe_rank, hidden_size // 4))
+
+
 def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
     """Recipe arguments from the flags: only those the recipe takes (a flag it ignores is an error)."""
     recipe = optim.recipe(config.optimizer)
@@ -117,9 +124,7 @@ def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
         if config.rank is not None:
             kwargs["rank"] = config.rank
         elif isinstance(default, int):
-            # The authors' ranks (128…) are sized for 60M+ models; capped at hidden/4 (the papers'
-            # 60M ratio) a small model still projects instead of falling back to full rank.
-            kwargs["rank"] = max(1, min(default, hidden_size // 4))
+            kwargs["rank"] = default_rank(default, hidden_size)
     elif config.rank is not None:
         raise UserError(f"--rank does not apply to {recipe.name}, which does not project gradients; "
                         "drop --rank or choose a projecting optimizer")
@@ -138,8 +143,15 @@ def default_run_dir(kind: str, config: TrainConfig) -> Path:
     return Path("runs") / f"{kind}-{model}-{config.optimizer}-{stamp}"
 
 
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
+
+
 def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
-            say: Callable[[str], None] = print) -> Run:
+            say: Callable[[str], None] = print, optimizer_factory: OptimizerFactory | None = None) -> Run:
+    """``optimizer_factory`` replaces the recipe registry: it gets the model (on its device, before
+    any checkpoint state is restored) and returns the optimizer — an optimizer from another library,
+    or one with its own param groups; it may change the model in place first (add adapters, freeze
+    weights). ``config.optimizer`` then only names the run."""
     device = _device(config.device)
     autocast = _autocast(config.precision, device)
     config.threads = _threads(config.threads)  # resolved once, saved with the run, kept on resume
@@ -147,10 +159,11 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if config.fused_backward:
         raise UserError("--fused-backward (layer-wise updates during the backward pass) is not "
                         "available in this version of slimtrain yet; run without it")
-    try:
-        optim.recipe(config.optimizer)  # unknown names fail now, before any data work
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    if optimizer_factory is None:
+        try:
+            optim.recipe(config.optimizer)  # unknown names fail now, before any data work
+        except ValueError as err:
+            raise UserError(str(err)) from None
     mconfig = config_for(config.model)
     if kind == "finetune" and resume is None:
         check_pretrained(config.model)
@@ -201,7 +214,8 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     model.train()
     hidden = getattr(model.config, "hidden_size", 256)
     try:
-        optimizer = optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden))
+        optimizer = (optimizer_factory(model) if optimizer_factory is not None else
+                     optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden)))
     except (ValueError, TypeError) as err:  # the recipes' checks of their arguments
         raise UserError(f"optimizer {config.optimizer}: {err}") from None
     from transformers import get_cosine_with_min_lr_schedule_with_warmup

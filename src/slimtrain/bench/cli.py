@@ -1,0 +1,122 @@
+"""``slimtrain bench``: run methods side by side and write the report, table and plots."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+
+console = Console(soft_wrap=True, highlight=False)
+
+# The committed benchmark (benchmarks/side_by_side): every recipe with an installable reference
+# implementation next to it, the AdamW baselines, LoRA, and the rest of the family.
+DEFAULT_METHODS = (
+    "adamw", "adamw-pergroup", "torch-adamw", "galore-adamw", "galore-torch-adamw", "galore-adafactor",
+    "galore-torch-adafactor", "apollo", "apollo-torch", "apollo-mini", "apollo-torch-mini",
+    "apollo-mini:rest=adafactor", "fira", "fira-adamw", "frugal", "q-galore", "natural-galore",
+    "galore-lion", "lora", "torchao-adamw8bit", "bnb-adamw8bit")
+# --quick: the whole pipeline (sweep, second seed, a peer adapter, report, plots) in about a minute.
+QUICK = dict(methods="adamw,galore-adamw,galore-torch-adamw", tokens=10_240, seq_len=64, batch_size=8,
+             trials=2, seeds="0,1", evals=4, eval_batches=2, jobs=2)
+
+
+def expand_methods(text: str) -> list[str]:
+    """Method specs, with the keywords ``default``, ``slimtrain`` (every recipe), ``peers`` (every
+    other library and baseline) and ``all``."""
+    from .. import optim
+    from .methods import available
+
+    keywords = {"default": list(DEFAULT_METHODS), "slimtrain": optim.available(),
+                "peers": [m for m in available() if m not in optim.available()], "all": available()}
+    out: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        for spec in keywords.get(item.lower(), [item] if item else []):
+            if spec not in out:
+                out.append(spec)
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
+
+
+def _list_methods() -> None:
+    from .methods import available, get
+
+    table = Table("method", "kind", "what it is", "centre lr", "here")
+    for name in available():
+        m = get(name)
+        table.add_row(name, m.kind, m.summary, f"{m.center_lr:g}", m.unavailable() or "ready")
+    console.print(table)
+
+
+def bench_command(
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (see --list), each NAME or "
+                                          "NAME:KEY=VALUE:… (e.g. apollo-mini:rest=adafactor; lr=X moves the "
+                                          "centre of its sweep); keywords: default, slimtrain, peers, all. "
+                                          "[default: default]"),
+    model: Optional[str] = typer.Option(None, help="Preset or local model directory. [default: tiny]"),
+    data: Optional[str] = typer.Option(None, help="Corpus (as for pretrain). Default: the embedded corpus."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (as for pretrain)."),
+    text_field: Optional[str] = typer.Option(None, help="JSONL field with the text. [default: text]"),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of documents held out for validation. "
+                                                 "[default: 0.05]"),
+    tokens: Optional[int] = typer.Option(None, help="Training tokens per trial. [default: 600000]"),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence. [default: 128]"),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per step. [default: 16]"),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast). [default: fp32]"),
+    trials: Optional[int] = typer.Option(None, help="Learning rates per method, the same for every "
+                                         "method. [default: 3]"),
+    seeds: Optional[str] = typer.Option(None, help="Seeds: the first for the sweep, the others repeat "
+                                        "each method's best lr. [default: 0,1]"),
+    rank: Optional[int] = typer.Option(None, help="Rank of every projecting method and of LoRA. Default: "
+                                       "each method's own, capped at hidden/4."),
+    refresh_every: Optional[int] = typer.Option(None, help="Subspace refresh period of every projecting "
+                                                "method (ours and the packages). Default: each one's (200)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay of every method. [default: 0]"),
+    evals: Optional[int] = typer.Option(None, help="Validation evaluations per trial. [default: 8]"),
+    eval_batches: Optional[int] = typer.Option(None, help="Validation batches per evaluation. [default: 8]"),
+    threads: Optional[int] = typer.Option(None, help="Torch threads per trial. [default: 1]"),
+    jobs: Optional[int] = typer.Option(None, help="Trials at a time (one process each). [default: 1]"),
+    out: Optional[str] = typer.Option(None, help="Output directory; finished trials in it are reused. "
+                                      "Default: runs/bench-<time>."),
+    quick: bool = typer.Option(False, "--quick", help="A pipeline check in about a minute: 3 methods, "
+                               "2 lrs, 2 seeds, 20 steps of 8 × 64 tokens (flags given still apply)."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods and whether they can run here."),
+) -> None:
+    """Train methods side by side on the same work (model, data, seeds, token budget, number of
+    learning rates tried) and write results.jsonl, results.md and plots."""
+    from ..cli import _guarded
+
+    def go():
+        from . import benchmark
+        from .spec import BenchSettings
+
+        if list_methods:
+            _list_methods()
+            return
+        given = dict(methods=methods, model=model, data=data, tokenizer=tokenizer, text_field=text_field,
+                     val_fraction=val_fraction, tokens=tokens, seq_len=seq_len, batch_size=batch_size, precision=precision,
+                     trials=trials, seeds=seeds, rank=rank, refresh_every=refresh_every,
+                     weight_decay=weight_decay, evals=evals, eval_batches=eval_batches, threads=threads,
+                     jobs=jobs)
+        values = {**(QUICK if quick else {}), **{k: v for k, v in given.items() if v is not None}}
+        values["methods"] = expand_methods(values.get("methods", "default"))
+        if "seeds" in values:
+            values["seeds"] = _seeds(values["seeds"])
+        settings = BenchSettings(**values).validate()
+        target = Path(out) if out else Path("runs") / f"bench-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+        report = benchmark(settings, target, console)
+        console.print(report.read_text().split("## Targets")[0].split("## Results", 1)[1].strip())
+        console.print(f"\nreport: {report}  (plots and results.jsonl beside it)")
+
+    _guarded(go)

@@ -1,0 +1,128 @@
+"""The methods a benchmark can run: every slimtrain recipe (through the trainer's own registry
+path), the per-group AdamW baseline, and the other libraries' optimizers (``peers.py``).
+
+Each method has a *centre* learning rate, the middle of its sweep: the lr its authors recommend
+for the GaLore papers' LLaMA runs (1e-2 for the projected family). For AdamW and the AdamW-like
+peers the centre is 2e-3 rather than torch's default 1e-3, because models this small take larger
+steps (see benchmarks/README.md: with the centre at 1e-3 AdamW's best trial sat at the top of its
+range).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import optim
+from ..errors import UserError
+from .spec import MethodSpec
+
+# (model, lr, weight_decay, rank, options) → optimizer
+Build = Callable[[torch.nn.Module, float, float, int, dict[str, Any]], torch.optim.Optimizer]
+
+ADAMW_CENTER_LR = 2e-3
+# Recipes whose sweep centre is not their signature's default lr.
+_CENTER_LR = {"adamw": ADAMW_CENTER_LR}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str                     # how tables and plots name it
+    kind: str                      # "slimtrain", "baseline" (built here) or "peer" (another library)
+    center_lr: float
+    summary: str
+    build: Build | None = None     # None: a registry recipe, trained as `slimtrain pretrain` trains it
+    options: frozenset[str] = frozenset()  # options a built method accepts (registry recipes: their signature)
+    default_rank: int | None = None  # the rank it projects / adapts with, before the hidden/4 cap
+    reference_of: str | None = None  # the slimtrain recipe this package is the reference implementation of
+    module: str | None = None        # the package it needs (import name) and how to install it
+    pip: str | None = None
+    needs_cuda: bool = False
+    why_cuda: str = ""
+
+    def unavailable(self) -> str | None:
+        """Why this method cannot run here (a missing package, no GPU), or None."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"{self.module} is not installed (pip install {self.pip or self.module})"
+        if self.needs_cuda and not torch.cuda.is_available():
+            return f"needs a CUDA device ({self.why_cuda})"
+        return None
+
+
+def _recipe_method(name: str) -> Method:
+    recipe = optim.recipe(name)
+    params = inspect.signature(recipe.factory).parameters
+    rank = params["rank"].default if "rank" in params and isinstance(params["rank"].default, int) else None
+    return Method(name=name, label=f"slimtrain {name}", kind="slimtrain",
+                  center_lr=_CENTER_LR.get(name, params["lr"].default), summary=recipe.summary,
+                  default_rank=rank)
+
+
+def _registry() -> dict[str, Method]:
+    from .peers import PEERS
+
+    methods = {name: _recipe_method(name) for name in optim.available()}
+    for method in PEERS:
+        if method.name in methods:
+            raise AssertionError(f"bench method {method.name!r} shadows a recipe")
+        methods[method.name] = method
+    return methods
+
+
+def available() -> list[str]:
+    return list(_registry())
+
+
+def get(name: str) -> Method:
+    methods = _registry()
+    if name not in methods:
+        import difflib
+
+        close = difflib.get_close_matches(name, methods, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"--methods: unknown method {name!r}.{hint} Methods: {', '.join(methods)}")
+    return methods[name]
+
+
+def check_options(spec: MethodSpec, method: Method) -> None:
+    """Options a built method does not take fail before anything runs (registry recipes are
+    checked by building them on a meta-device model, in ``runner``)."""
+    if method.build is None:
+        return
+    unknown = [k for k in spec.option_dict() if k != "lr" and k not in method.options]
+    if unknown:
+        takes = ", ".join(sorted(method.options)) or "no options"
+        raise UserError(f"--methods {spec.text}: {method.name} takes no option {unknown[0]!r} "
+                        f"(it takes {takes}, and lr=)")
+
+
+def accepts(method: Method, key: str) -> bool:
+    """Whether a method takes an option (a registry recipe: its signature says)."""
+    if method.build is None:
+        from ..memory.planner import recipe_accepts
+
+        return recipe_accepts(method.name, key)
+    return key in method.options
+
+
+def center_lr(spec: MethodSpec, method: Method) -> float:
+    lr = spec.option_dict().get("lr", method.center_lr)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise UserError(f"--methods {spec.text}: lr must be a number, got {lr!r}")
+    return float(lr)
+
+
+def group(spec: MethodSpec) -> str:
+    """The name reference implementations and recipes are paired by: a recipe is its own; a peer
+    names the recipe it implements; options must match (galore-adamw:rank=16 pairs with
+    galore-torch-adamw:rank=16)."""
+    method = get(spec.name)
+    base = method.reference_of or method.name
+    rest = [f"{k}={v}" for k, v in spec.options if k != "lr"]
+    return ":".join([base] + rest)

@@ -1,0 +1,183 @@
+"""What a benchmark is: its settings, the methods it compares (``name:key=value:…``), and the
+learning rates each method tries.
+
+Every method tries the same number of learning rates (``trials``): the values of one ladder
+(1, 2, 5 × 10ᵏ — steps of ~2.2×) nearest its centre, the lr its authors recommend. The same ladder
+for everyone means no method is tuned more finely than another; the trial at each end of a
+method's range is flagged in the report when it wins (the optimum may lie beyond it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+LADDER_MANTISSAS = (1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of a benchmark: a name from ``methods.available()`` plus options
+    (``apollo-mini:rest=adafactor`` → name ``apollo-mini``, options ``{"rest": "adafactor"}``).
+    ``lr`` among the options moves the centre of the method's learning-rate range."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def text(self) -> str:
+        return ":".join([self.name] + [f"{k}={_show(v)}" for k, v in self.options])
+
+    @property
+    def slug(self) -> str:
+        """A directory name: ``apollo-mini:rest=adafactor`` → ``apollo-mini_rest-adafactor``."""
+        return "_".join([self.name] + [f"{k}-{_show(v)}" for k, v in self.options]).replace("/", "-")
+
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def typed(text: str) -> Any:
+    """A KEY=VALUE value as the type it spells: 32 → int, 2e-2 → float (YAML 1.1 alone would keep
+    that a string), true → bool, anything else a string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def parse_method(text: str) -> MethodSpec:
+    name, *pairs = [part.strip() for part in text.strip().split(":")]
+    if not name:
+        raise UserError(f"--methods: empty method name in {text!r}")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--methods: {pair!r} in {text!r} must look like KEY=VALUE, e.g. "
+                            "apollo-mini:rest=adafactor")
+        options[key.strip()] = typed(value)
+    return MethodSpec(name.lower(), tuple(sorted(options.items())))
+
+
+def ladder(low: float = 1e-6, high: float = 10.0) -> list[float]:
+    """1, 2, 5 × 10ᵏ between ``low`` and ``high``, rounded so they print and compare cleanly."""
+    values = []
+    for exp in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for m in LADDER_MANTISSAS:
+            v = float(f"{m}e{exp}")
+            if low <= v <= high:
+                values.append(v)
+    return values
+
+
+def lr_grid(center: float, trials: int) -> list[float]:
+    """``trials`` ladder values around ``center`` (snapped to the nearest rung); with an even count
+    the extra one lies above."""
+    if not (center > 0 and math.isfinite(center)):
+        raise UserError(f"a learning rate must be a positive number, got {center}")
+    rungs = ladder()
+    i = min(range(len(rungs)), key=lambda k: abs(math.log(rungs[k] / center)))
+    start = i - (trials - 1) // 2
+    if start < 0 or start + trials > len(rungs):
+        raise UserError(f"learning rate {center:g} is too far out for {trials} trials; choose an lr "
+                        f"between {rungs[trials]:g} and {rungs[-trials]:g}")
+    return rungs[start:start + trials]
+
+
+@dataclass
+class BenchSettings:
+    """Everything that shapes the numbers of a benchmark (``jobs`` only changes how fast it runs)."""
+
+    methods: list[str] = field(default_factory=list)
+    model: str = "tiny"
+    data: str | None = None
+    tokenizer: str | None = None
+    text_field: str = "text"
+    val_fraction: float = 0.05
+    tokens: int = 600_000
+    seq_len: int = 128
+    batch_size: int = 16
+    precision: str = "fp32"
+    trials: int = 3
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    rank: int | None = None
+    refresh_every: int | None = None
+    weight_decay: float = 0.0
+    evals: int = 8
+    eval_batches: int = 8
+    threads: int = 1
+    jobs: int = 1
+
+    def validate(self) -> "BenchSettings":
+        if not self.methods:
+            raise UserError("--methods is empty; name at least one method (see `slimtrain bench --list`)")
+        for name in ("tokens", "seq_len", "batch_size", "trials", "evals", "eval_batches", "threads", "jobs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.tokens < self.seq_len * self.batch_size:
+            raise UserError(f"--tokens {self.tokens:,} is less than one batch ({self.batch_size} × "
+                            f"{self.seq_len} tokens); raise --tokens")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds must list distinct seeds, got {self.seeds}")
+        for name in ("rank", "refresh_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        specs = [parse_method(m) for m in self.methods]
+        dupes = {s.text for s in specs if [t.text for t in specs].count(s.text) > 1}
+        if dupes:
+            raise UserError(f"--methods names {', '.join(sorted(dupes))} twice")
+        return self
+
+    @property
+    def steps(self) -> int:
+        return max(1, round(self.tokens / (self.seq_len * self.batch_size)))
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.steps // self.evals)
+
+    def specs(self) -> list[MethodSpec]:
+        return [parse_method(m) for m in self.methods]
+
+    def outcome_fields(self) -> dict[str, Any]:
+        """The settings that decide the numbers: finished runs are reused only when these match."""
+        values = asdict(self)
+        for name in ("methods", "jobs"):
+            values.pop(name)
+        return values
+
+    def command(self) -> str:
+        """The command that reproduces this benchmark, every setting spelled out."""
+        parts = ["slimtrain bench", f"--methods {','.join(self.methods)}", f"--model {self.model}"]
+        for name in ("data", "tokenizer"):
+            if getattr(self, name) is not None:
+                parts.append(f"--{name} {getattr(self, name)}")
+        if self.data is not None:
+            parts.append(f"--text-field {self.text_field}")
+        parts += [f"--val-fraction {self.val_fraction:g}", f"--tokens {self.tokens}", f"--seq-len {self.seq_len}", f"--batch-size {self.batch_size}",
+                  f"--precision {self.precision}", f"--trials {self.trials}",
+                  f"--seeds {','.join(map(str, self.seeds))}"]
+        for name in ("rank", "refresh_every"):
+            if getattr(self, name) is not None:
+                parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
+        parts += [f"--weight-decay {self.weight_decay:g}", f"--evals {self.evals}",
+                  f"--eval-batches {self.eval_batches}", f"--threads {self.threads}", f"--jobs {self.jobs}"]
+        return " ".join(parts)

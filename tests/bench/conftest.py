@@ -1,0 +1,2 @@
+# The micro LLaMA and the small real-text corpus of the trainer's tests.
+from tests.train.conftest import corpus, model_dir  # noqa: F401

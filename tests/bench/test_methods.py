@@ -1,0 +1,68 @@
+"""The benchmark's methods: names, options and availability are checked before anything runs."""
+
+import importlib.util
+
+import pytest
+
+from slimtrain import optim
+from slimtrain.bench import methods
+from slimtrain.bench.peers import PEERS
+from slimtrain.bench.runner import resolve
+from slimtrain.bench.spec import BenchSettings, parse_method
+from slimtrain.errors import UserError
+
+# Recipes the low-bit issue adds; their reference packages are listed already.
+COMING = {"adamw8bit", "adamw4bit", "galore-adamw8bit"}
+
+
+def settings(*specs, **kw):
+    return BenchSettings(methods=list(specs), tokens=2048, seq_len=64, batch_size=8, **kw).validate()
+
+
+def test_every_recipe_is_a_method_and_every_reference_names_a_recipe():
+    assert set(optim.available()) <= set(methods.available())
+    for peer in PEERS:
+        if peer.reference_of:
+            assert peer.reference_of in set(optim.available()) | COMING, peer.name
+
+
+def test_unknown_methods_suggest_the_nearest_names():
+    with pytest.raises(UserError, match="unknown method 'galore-adam'. Did you mean galore-adamw"):
+        methods.get("galore-adam")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("galore-torch-adamw:rnak=4", "takes no option 'rnak'"),
+    ("torch-adamw:rank=4", "takes no option 'rank'"),
+    ("galore-adamw:rnak=4", "galore-adamw:rnak=4: optimizer galore-adamw takes no argument 'rnak'"),
+    ("galore-adamw:rank=0", "galore-adamw:rank=0"),
+    ("apollo-mini:rest=sgd", "unknown rest='sgd'"),
+    ("adamw:lr=fast", "lr must be a number"),
+])
+def test_bad_options_fail_before_anything_runs(spec, message):
+    with pytest.raises(UserError, match=message):
+        resolve(settings(spec))
+
+
+def test_a_missing_package_or_gpu_is_a_skip_not_an_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fira" else real(name, *a))
+    entries = {e.spec.text: e for e in resolve(settings("fira-adamw", "adamw", "galore-torch-adamw8bit"))}
+    assert entries["fira-adamw"].skipped == "fira is not installed (pip install fira)"
+    assert entries["adamw"].skipped is None
+    if not __import__("torch").cuda.is_available():
+        assert "needs a CUDA device" in entries["galore-torch-adamw8bit"].skipped
+
+
+def test_every_method_sweeps_the_same_number_of_rates():
+    entries = resolve(settings("adamw", "galore-adamw", "apollo-mini:lr=0.02", "frugal", trials=3))
+    assert [e.grid for e in entries] == [[1e-3, 2e-3, 5e-3], [5e-3, 1e-2, 2e-2], [1e-2, 2e-2, 5e-2],
+                                         [5e-4, 1e-3, 2e-3]]
+
+
+def test_recipes_pair_with_their_reference_by_options():
+    group = lambda text: methods.group(parse_method(text))  # noqa: E731
+    assert group("galore-torch-adamw") == group("galore-adamw") == "galore-adamw"
+    assert group("galore-torch-adamw:rank=16") == group("galore-adamw:rank=16:lr=0.02")
+    assert group("galore-torch-adamw:rank=16") != group("galore-adamw")
+    assert group("apollo-torch-mini") == "apollo-mini" != group("apollo-mini:rest=adafactor")
