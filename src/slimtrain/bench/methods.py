@@ -26,8 +26,8 @@ from .spec import MethodSpec
 Build = Callable[[torch.nn.Module, float, float, int, dict[str, Any]], torch.optim.Optimizer]
 
 ADAMW_CENTER_LR = 2e-3
-# Recipes whose sweep centre is not their signature's default lr.
-_CENTER_LR = {"adamw": ADAMW_CENTER_LR}
+# Recipes whose sweep centre is not their signature's default lr: the AdamW family.
+_CENTER_LR = {"adamw": ADAMW_CENTER_LR, "adamw8bit": ADAMW_CENTER_LR, "adamw4bit": ADAMW_CENTER_LR}
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,25 @@ def _plt():
     return plt
 
 
-def _style(i: int, row: Row) -> dict:
+def _styles(rows: list[Row]) -> dict[str, dict]:
+    """A hue per group — a recipe and its reference implementations share one, dark for slimtrain
+    (solid line), light for the other library (dashed) — so pairs read at a glance."""
     import matplotlib
 
     colors = matplotlib.colormaps["tab20"].colors
-    return dict(color=colors[i % len(colors)], ls="-" if row.kind == "slimtrain" else "--")
+    groups = list(dict.fromkeys(r.group for r in rows))
+    return {r.method: dict(color=colors[(2 * groups.index(r.group) + (r.kind != "slimtrain")) % len(colors)],
+                           ls="-" if r.kind == "slimtrain" else "--") for r in rows}
 
 
 def loss_vs_tokens(rows: list[Row], path: Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    finals = []
-    for i, r in enumerate(rows):
+    finals, styles = [], _styles(rows)
+    for r in rows:
         if r.ok and r.curve:
             tokens, loss = zip(*r.curve)
-            ax.plot(tokens, loss, marker="o", ms=2.5, lw=1.2, label=f"{r.method} (lr {r.lr:g})", **_style(i, r))
+            ax.plot(tokens, loss, marker="o", ms=2.5, lw=1.2, label=f"{r.method} (lr {r.lr:g})", **styles[r.method])
             finals.append(loss[-1])
     if finals:  # zoom on where the methods separate: the last third of training
         values = [v for r in rows if r.ok for t, v in r.curve if t >= r.curve[-1][0] / 3]
@@ -51,13 +55,11 @@ def loss_vs_tokens(rows: list[Row], path: Path, title: str) -> None:
 def memory_vs_ppl(rows: list[Row], path: Path, adamw_state: int, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    ok = [r for r in rows if r.ok]
-    for i, r in enumerate(rows):
-        if not r.ok:
-            continue
+    ok, styles = [r for r in rows if r.ok], _styles(rows)
+    for r in ok:
         x = r.state_bytes / adamw_state
         low, high = min(r.ppl.values()), max(r.ppl.values())
-        style = _style(i, r)
+        style = styles[r.method]
         ax.errorbar([x], [r.ppl_mean], yerr=[[r.ppl_mean - low], [high - r.ppl_mean]], capsize=3, ms=6,
                     fmt="o" if r.kind == "slimtrain" else "s", color=style["color"], label=r.method)
     ax.axvline(1 / 3, color="grey", lw=0.8, ls=":")

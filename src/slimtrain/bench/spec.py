@@ -152,7 +152,7 @@ class BenchSettings:
 
     @property
     def eval_every(self) -> int:
-        return max(1, self.steps // self.evals)
+        return max(1, math.ceil(self.steps / self.evals))
 
     def specs(self) -> list[MethodSpec]:
         return [parse_method(m) for m in self.methods]
