@@ -7,11 +7,11 @@ Use a recipe class (``AdamW``, ``GaLoreAdamW``) or the registry::
 """
 
 from .core import GROUP_DEFAULTS, STATE_FORMAT, PipelineOptimizer
-from .recipes import AdamW, GaLoreAdamW
+from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
 from .registry import available, create, recipe, register
 from .targets import DEFAULT_TARGETS
 
 __all__ = [
-    "AdamW", "GaLoreAdamW", "PipelineOptimizer", "available", "create", "recipe", "register",
+    "AdamW", "AdamW4bit", "AdamW8bit", "GaLoreAdamW", "GaLoreAdamW8bit", "PipelineOptimizer", "available", "create", "recipe", "register",
     "DEFAULT_TARGETS", "GROUP_DEFAULTS", "STATE_FORMAT",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
+from . import lowbit
 from .adam import EPS_MODES, adam_, fused_supported
 from .selectors import SELECTORS, random_orthonormal_basis, select_basis
 from .subspace import (SIDES, SWITCH_POLICIES, apply_back_, basis_shape, choose_side, project,
@@ -46,6 +47,11 @@ GROUP_DEFAULTS: dict[str, Any] = dict(
     foreach=True,           # multi-tensor kernels for the elementwise parts (False: for-loop)
     fused=None,             # torch's fused Adam kernel; None = use it where it applies
     check_finite=True,      # skip (and report) parameters whose gradient has NaN/Inf
+    # State precision (lowbit.py): moments in the parameter dtype (None), fp32/bf16 (32/16) or
+    # block-wise quantized (8/4); smaller tensors keep fp32 moments when quantizing.
+    state_bits=None,
+    quantize_min_numel=4096,
+    stochastic_rounding=False,  # bf16 parameters: round each update stochastically
 )
 
 
@@ -93,6 +99,7 @@ def _check_group(group: dict[str, Any]) -> None:
             raise bad(f"{key} must be one of {allowed}, got {group[key]!r}")
     if group["power_iters"] < 0 or group["oversample"] < 0:
         raise bad("power_iters and oversample must be >= 0")
+    lowbit.check_group(group)
 
 
 def _plan_group(group: dict[str, Any], names: list[str]) -> list[ParamPlan]:
@@ -147,10 +154,6 @@ def _impl(group: dict[str, Any], tensors: list[Tensor]) -> str:
     if fused:
         return "fused"
     return "foreach" if group["foreach"] else "forloop"
-
-
-def _elem_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 class PipelineOptimizer(torch.optim.Optimizer):
@@ -234,7 +237,21 @@ class PipelineOptimizer(torch.optim.Optimizer):
         return keep, sum(v * v for v in values if math.isfinite(v))
 
     def _step_plain(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        states = [self._plain_state(p) for p in params]
+        # --- low-bit seam: moments not kept in the parameter's dtype take lowbit's one-pass step
+        native = []
+        for p in params:
+            kept = self._storages(group, p, p.shape)
+            state = self._plain_state(p, kept)
+            if lowbit.native(group, p, kept):
+                native.append(p)
+            else:
+                lowbit.update_tensor_(group, kept, p, p.grad, state, state["step"],
+                                      self._plans[p].name)
+        params = native
+        if not params:
+            return
+        # ---
+        states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         adam_(
             [p.grad for p in params], [s["exp_avg"] for s in states],
@@ -244,13 +261,32 @@ class PipelineOptimizer(torch.optim.Optimizer):
             impl=_impl(group, params),
         )
 
-    def _plain_state(self, p: Tensor) -> dict[str, Tensor]:
+    def _plain_state(self, p: Tensor, kept: dict[str, lowbit.Storage]) -> dict[str, Tensor]:
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if all(s.dtype == p.dtype for s in kept.values()):  # keeps p's memory format
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            else:
+                lowbit.init_moments(state, kept, p.shape, p.device)
         return state
+
+    def _storages(self, group: dict[str, Any], p: Tensor, shape) -> dict[str, lowbit.Storage]:
+        """How each moment of ``p`` (moments of ``shape``) is stored; derived, never stored."""
+        return lowbit.storages(group, p, shape)
+
+    def _moment_shape(self, p: Tensor) -> tuple[int, ...]:
+        plan = self._plans[p]
+        return (projected_shape(p.shape, plan.rank, plan.side) if plan.projected
+                else tuple(p.shape))
+
+    def moment(self, p: Tensor, name: str) -> Tensor:
+        """Moment ``name`` ("exp_avg", "exp_avg_sq") of ``p`` as a float32 tensor in its logical
+        shape — dequantized when it is stored in low bits."""
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        shape = self._moment_shape(p)
+        return lowbit.load_moment(self.state[p], name, self._storages(group, p, shape)[name], shape)
 
     def _step_projected(self, group: dict[str, Any], params: list[Tensor]) -> None:
         low_rank, states = [], []
@@ -261,17 +297,36 @@ class PipelineOptimizer(torch.optim.Optimizer):
                             else fresh.to(p.grad.dtype).contiguous())
             states.append(state)
         beta1, beta2 = group["betas"]
-        directions, factors = adam_(
-            low_rank, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["moment_step"] for s in states], beta1=beta1, beta2=beta2, eps=group["eps"],
-            eps_mode=group["eps_mode"], impl=_impl(group, params),
+        # --- low-bit seam: moments not kept in the parameter's dtype take lowbit's one-pass step
+        native = [lowbit.native(group, p, self._storages(group, p, R.shape))
+                  for p, R in zip(params, low_rank)]
+        directions, factors = [None] * len(params), [0.0] * len(params)
+        for i, (p, R, state) in enumerate(zip(params, low_rank, states)):
+            if not native[i]:
+                directions[i], factors[i] = lowbit.update_tensor_(
+                    group, self._storages(group, p, R.shape), None, R, state, state["moment_step"],
+                    self._plans[p].name)
+        idx = [i for i, ok in enumerate(native) if ok]
+        # ---
+        native_dirs, native_factors = adam_(
+            [low_rank[i] for i in idx], [states[i]["exp_avg"] for i in idx],
+            [states[i]["exp_avg_sq"] for i in idx], [states[i]["moment_step"] for i in idx],
+            beta1=beta1, beta2=beta2, eps=group["eps"], eps_mode=group["eps_mode"],
+            impl=_impl(group, [params[i] for i in idx]),
         )
+        for i, N, f in zip(idx, native_dirs, native_factors):
+            directions[i], factors[i] = N, f
         del low_rank
         decay = 1 - group["lr"] * group["weight_decay"]
         for p, state, N, f in zip(params, states, directions, factors):
             state["step"] += 1
-            apply_back_(p, N, state["basis"], self._plans[p].side,
-                        alpha=-group["lr"] * group["scale"] * f, beta=decay)
+            if N.dtype == p.dtype:
+                apply_back_(p, N, state["basis"], self._plans[p].side,
+                            alpha=-group["lr"] * group["scale"] * f, beta=decay)
+            else:  # low-bit states computed in fp32 for a lower-precision parameter
+                lowbit.apply_back_rounded_(group, p, N, state["basis"], self._plans[p].side,
+                                           alpha=-group["lr"] * group["scale"] * f, beta=decay,
+                                           name=self._plans[p].name, step=state["step"])
 
     # ------------------------------------------------------------------ subspace
     def _refresh_due(self, group: dict[str, Any], plan: ParamPlan, step: int) -> bool:
@@ -307,18 +362,23 @@ class PipelineOptimizer(torch.optim.Optimizer):
                  "orthonormal basis")
             basis = random_orthonormal_basis(p.shape, plan.rank, plan.side, generator, p.device)
             projected = None
+        shape = projected_shape(p.shape, plan.rank, plan.side)
+        kept = self._storages(group, p, shape)
         if first:
-            shape = projected_shape(p.shape, plan.rank, plan.side)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            lowbit.init_moments(state, kept, shape, p.device)
         elif group["switch"] == "reset":
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
+            for key in lowbit.expected_shapes(kept, shape):  # all-zero codes and scales are 0
+                state[key].zero_()
             state["moment_step"].zero_()
         elif group["switch"] == "reproject":
-            reproject_moments_(state["exp_avg"], state["exp_avg_sq"], previous, basis, plan.side)
+            # Low-bit moments are carried in fp32 and requantized (lowbit's generic seam).
+            m, v = (lowbit.load_moment(state, n, kept[n], shape, p.dtype if lowbit.native(
+                group, p, kept) else torch.float32) for n in ("exp_avg", "exp_avg_sq"))
+            reproject_moments_(m, v, previous, basis, plan.side)
+            for name, value in (("exp_avg", m), ("exp_avg_sq", v)):
+                lowbit.store_moment_(state, name, kept[name], value)
         state["basis"] = basis
         return projected
 
@@ -331,13 +391,13 @@ class PipelineOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 plan = self._plans[p]
-                elem = _elem_bytes(p.dtype)
+                shape = self._moment_shape(p)
+                states += lowbit.moment_bytes(self._storages(group, p, shape), shape)
                 if plan.projected:
-                    r_shape = projected_shape(p.shape, plan.rank, plan.side)
-                    states += 2 * math.prod(r_shape) * elem + 2 * scalar
+                    states += 2 * scalar
                     projectors += math.prod(basis_shape(p.shape, plan.rank, plan.side)) * 4
                 else:
-                    states += 2 * p.numel() * elem + scalar
+                    states += scalar
         return {"states": states, "projectors": projectors}
 
     def state_bytes(self) -> dict[str, int]:
@@ -372,7 +432,8 @@ class PipelineOptimizer(torch.optim.Optimizer):
         # bf16 moments would come back float32): let it restore the groups only, then copy the
         # state ourselves, keeping dtypes and never sharing tensors with the source dict.
         super().load_state_dict({**state_dict, "state": {}})
-        for param_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
+        groups = [(p, g) for g in self.param_groups for p in g["params"]]
+        for param_id, (p, group) in zip(saved_ids, groups):
             if param_id not in saved_state:
                 continue
             restored = {}
@@ -381,21 +442,21 @@ class PipelineOptimizer(torch.optim.Optimizer):
                     device = "cpu" if key.endswith("step") else p.device
                     value = value.detach().to(device=device, copy=True)
                 restored[key] = value
-            self._check_restored(p, restored)
+            self._check_restored(group, p, restored)
             self.state[p] = restored
 
-    def _check_restored(self, p: Tensor, state: dict[str, Any]) -> None:
+    def _check_restored(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         plan = self._plans[p]
+        shape = self._moment_shape(p)
+        expected = lowbit.expected_shapes(self._storages(group, p, shape), shape)
         if plan.projected:
-            expected = {"exp_avg": projected_shape(p.shape, plan.rank, plan.side),
-                        "basis": basis_shape(p.shape, plan.rank, plan.side)}
-        else:
-            expected = {"exp_avg": tuple(p.shape)}
+            expected["basis"] = basis_shape(p.shape, plan.rank, plan.side)
         for key, shape in expected.items():
             got = state.get(key)
             if got is None or tuple(got.shape) != tuple(shape):
                 found = None if got is None else tuple(got.shape)
                 raise ValueError(
                     f"optimizer state of {plan.name!r} has {key} of shape {found}, expected {shape}: "
-                    "the checkpoint was saved for a different model, rank or projection side"
+                    "the checkpoint was saved for a different model, rank, projection side or "
+                    "state_bits"
                 )

@@ -5,6 +5,19 @@ from __future__ import annotations
 from .core import PipelineOptimizer
 from .targets import build_param_groups
 
+# ``rest=`` of the projected recipes: the state precision of the parameters outside ``targets``.
+REST_STATE_BITS = {"adamw": None, "adamw32": 32, "adamw16": 16, "adamw8bit": 8, "adamw4bit": 4}
+
+
+def _rest_groups(groups, rest):
+    """Give the unprojected groups (embeddings, head, norms) the precision ``rest`` names."""
+    if rest is None:
+        return groups
+    if rest not in REST_STATE_BITS:
+        raise ValueError(f"rest must be one of {sorted(REST_STATE_BITS)} (or None: the same "
+                         f"state_bits as the projected matrices), got {rest!r}")
+    return [g if "rank" in g else {**g, "state_bits": REST_STATE_BITS[rest]} for g in groups]
+
 
 class AdamW(PipelineOptimizer):
     r"""AdamW (Loshchilov & Hutter, 2019) through slimtrain's pipeline with no projection.
@@ -18,10 +31,43 @@ class AdamW(PipelineOptimizer):
 
     def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True, state_bits: int | None = None,
+                 quantize_min_numel: int = 4096, stochastic_rounding: bool = False):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite)
+                        eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite,
+                        state_bits=state_bits, quantize_min_numel=quantize_min_numel,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(build_param_groups(model_or_params, projection=None), defaults)
+
+
+class AdamW8bit(AdamW):
+    r"""AdamW with 8-bit block-wise quantized moments (Dettmers et al., "8-bit Optimizers via
+    Block-wise Quantization", ICLR 2022): blocks of 256, absmax per block, dynamic tree map (signed
+    for M, unsigned for V); tensors under ``quantize_min_numel`` (4096) elements keep fp32 moments.
+    Each step dequantizes, runs the same Adam in fp32 and requantizes, in one compiled pass per
+    tensor (``fused=False``: the eager reference). ~0.254× AdamW's fp32 state."""
+
+    state_formula = ("numel ≥ 4096: 2·(numel + 4·⌈numel/256⌉) bytes; smaller: 2·numel fp32 "
+                     "moments; + one fp32 step counter per parameter")
+
+    def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, **kwargs):
+        kwargs.setdefault("state_bits", 8)
+        super().__init__(model_or_params, lr, betas, eps, weight_decay, **kwargs)
+
+
+class AdamW4bit(AdamW):
+    r"""AdamW with 4-bit block-wise quantized moments (Li et al., "Memory Efficient Optimizers with
+    4-bit States", NeurIPS 2023; blocks of 128 as torchao): M with the signed dynamic tree map, V
+    with a linear map without zero (a zero V code would divide by eps). Two codes per byte."""
+
+    state_formula = ("numel ≥ 4096: 2·(⌈numel/2⌉ + 4·⌈numel/128⌉) bytes; smaller: 2·numel fp32 "
+                     "moments; + one fp32 step counter per parameter")
+
+    def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, **kwargs):
+        kwargs.setdefault("state_bits", 4)
+        super().__init__(model_or_params, lr, betas, eps, weight_decay, **kwargs)
 
 
 class GaLoreAdamW(PipelineOptimizer):
@@ -52,7 +98,9 @@ class GaLoreAdamW(PipelineOptimizer):
                  betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0, *,
                  side: str = "auto", stagger: bool = False, power_iters: int = 1,
                  oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True,
+                 state_bits: int | None = None, rest: str | None = None,
+                 quantize_min_numel: int = 4096, stochastic_rounding: bool = False):
         projection = dict(rank=rank, refresh_every=refresh_every, scale=scale)
         # Group-level options that only matter for projected groups are defaults for all groups,
         # so galore-style groups (which carry just rank/update_proj_gap/scale/proj_type) get them.
@@ -60,6 +108,22 @@ class GaLoreAdamW(PipelineOptimizer):
                         eps_mode=eps_mode, refresh_every=refresh_every, scale=scale, basis=basis,
                         switch=switch, side=side, stagger=stagger, power_iters=power_iters,
                         oversample=oversample, foreach=foreach, fused=fused,
-                        check_finite=check_finite)
-        super().__init__(build_param_groups(model_or_params, projection=projection,
-                                            targets=targets), defaults)
+                        check_finite=check_finite, state_bits=state_bits,
+                        quantize_min_numel=quantize_min_numel,
+                        stochastic_rounding=stochastic_rounding)
+        groups = build_param_groups(model_or_params, projection=projection, targets=targets)
+        super().__init__(_rest_groups(groups, rest), defaults)
+
+
+class GaLoreAdamW8bit(GaLoreAdamW):
+    r"""GaLore with 8-bit Adam states (the GaLore paper's "8-bit GaLore"): the low-rank moments
+    (r × max(m, n)) and, by default, the moments of the parameters outside ``targets`` are
+    block-wise 8-bit (``rest="adamw"`` keeps those in the parameter dtype). Unlike galore-torch's
+    GaLoreAdamW8bit it runs on CPU, leaves ``p.grad`` untouched and clones no weights."""
+
+    state_formula = ("projected m×n: 2·(r·max(m,n) + 4·⌈r·max(m,n)/256⌉) bytes + r·min(m,n) fp32 "
+                     "basis + 2 fp32 counters; others: as AdamW8bit")
+
+    def __init__(self, model_or_params, lr: float = 0.01, rank: int = 128, **kwargs):
+        kwargs.setdefault("state_bits", 8)
+        super().__init__(model_or_params, lr, rank, **kwargs)
