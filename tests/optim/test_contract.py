@@ -54,8 +54,9 @@ def test_every_shape_steps_and_keeps_low_rank_state(case):
         if case.projects and name.startswith("block.mlp.") and name.endswith(".weight"):
             m, n = p.shape
             r = case.kwargs["rank"]
-            assert state["exp_avg"].shape in {(r, n), (m, r)}
-            assert state["exp_avg"].numel() == r * max(m, n)
+            exp_avg = opt.moment(p, "exp_avg")  # dequantized when stored in low bits
+            assert exp_avg.shape in {(r, n), (m, r)}
+            assert exp_avg.numel() == r * max(m, n)
         assert all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t))
 
 
@@ -69,6 +70,8 @@ def test_full_rank_limit_equals_torch_adamw(case):
         opt = case.build(named, **overrides)
     if case.projects:
         assert any("saves nothing" in str(w.message) for w in caught)
+    if case.adamw_equivalent is None:
+        pytest.skip("the recipe declares it cannot equal torch.optim.AdamW (quantized states)")
     impls = [(dict(fused=True), dict(fused=True)), (dict(fused=False), dict(foreach=True)),
              (dict(fused=False, foreach=False), dict(foreach=False))]
     for ours_kw, torch_kw in impls:

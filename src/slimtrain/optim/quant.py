@@ -12,10 +12,15 @@ Maps (``MAPS``):
   [sign] [e leading zeros …] [indicator 1] [e fraction bits]. The e fraction bits pick one of 2**e
   equal cells of the decade [0.1, 1]·10**(e - F + 1) (F = magnitude bits), and the value is the
   cell's centre — the same values as bitsandbytes' ``create_dynamic_map`` (to fp32 rounding), dense
-  near zero. Magnitude 0 is 0; the code "negative zero" (signed) or magnitude 1 (unsigned) is 1.0.
-* ``"linear"``: (u + 1) / 2**bits, no zero — the 4-bit second moment. A zero code there would turn
-  Adam's denominator into eps and blow the update up (the "zero-point problem" of the 4-bit paper);
-  rounding a small v up to 1/16 of its block's max only shrinks that update.
+  near zero. The code "negative zero" (signed) or magnitude 1 (unsigned) is 1.0. Magnitude 0 is 0
+  in the signed map; in the unsigned one (Adam's V) it is half the smallest code (1.6e-7), not 0.
+* ``"linear"``: (u + 1) / 2**bits, no zero — the 4-bit second moment.
+
+Why V has no zero (the "zero-point problem", Li et al. §4): a V flushed to 0 while M is not (a row
+of an embedding that got no gradient this step) makes Adam divide by eps, a step ~1e3× too large —
+measured here on a tiny LLaMA's embedding with a zero in the map. Rounding a tiny V up to a small
+positive value instead can only shrink that one update. This is the only departure from
+bitsandbytes' unsigned map.
 
 Encoding and decoding are arithmetic (compares, selects, one multiply-add), not table look-ups:
 under torch.compile a gather becomes a scalar loop on CPU, while these vectorize, and they run the
@@ -57,8 +62,9 @@ def _tree_constants(kind: str, bits: int) -> dict:
         C[0], S[0] = 1.0, 0.0
     top = {e: C[e] + (2**e - 1) * S[e] for e in range(first, F)}
     between = [(top[e - 1] + C[e]) / 2 for e in range(first + 1, F)]
-    return dict(F=F, first=first, C=C, S=S, between=between,
-                zero=C[first] / 2, one=(top[F - 1] + 1.0) / 2)
+    smallest = 0.0 if signed else C[first] / 2  # the value of magnitude 0 (see module docstring)
+    return dict(F=F, first=first, C=C, S=S, between=between, smallest=smallest,
+                zero=(smallest + C[first]) / 2, one=(top[F - 1] + 1.0) / 2)
 
 
 # Built once at import: torch.compile traces plain dict reads, not cache wrappers.
@@ -94,7 +100,7 @@ def decode(codes: Tensor, kind: str, bits: int, dtype=torch.float32) -> Tensor:
     j = u - torch.bitwise_left_shift(torch.ones_like(u), e)
     value = _select(e, t["C"], dtype) + j.to(dtype) * _select(e, t["S"], dtype)
     if sign is None:
-        return torch.where(u == 0, 0.0, value)
+        return torch.where(u == 0, t["smallest"], value)
     value = torch.where(sign == 1, -value, value)
     return torch.where(u == 0, sign.to(dtype), value)  # "negative zero" is 1.0
 
