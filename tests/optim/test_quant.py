@@ -75,12 +75,12 @@ def test_encode_picks_the_nearest_code(kind, bits):
                    torch.rand(5_000, generator=g) * 1e-4 * (1 if low == 0 else 2) - 1e-4 * (low != 0),
                    table.float(),  # every code maps to itself
                    torch.tensor([0.0, 1.0, low, 1e-12])])
-    codes = quant.encode(y, kind, bits)
+    codes = quant.encode(y, kind, bits).long()
     assert torch.equal(quant.decode(codes, kind, bits), table[codes].float())
     error = (y.double() - table[codes]).abs()
     nearest = (y.double()[:, None] - table[None, :]).abs().min(dim=1).values
     assert (error - nearest).max() <= 1e-7  # exact ties may go either way
-    assert torch.equal(table[quant.encode(table.float(), kind, bits)], table)
+    assert torch.equal(table[quant.encode(table.float(), kind, bits).long()], table)
 
 
 @pytest.mark.parametrize("kind,bits", MAPS)

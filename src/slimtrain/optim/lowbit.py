@@ -239,9 +239,18 @@ _COMPILED: dict[_Config, object] = {}
 compile_failed = False  # set when torch.compile is unusable here; the eager path then runs
 
 
+def _step_in_place(target, grad, m_parts, v_parts, hp, seed, cfg: _Config):
+    """``_block_step`` writing its results into its inputs (compiled: stored once, no copies)."""
+    result = _block_step(target, grad, m_parts, v_parts, hp, seed, cfg)
+    for dst, src in zip((target, *m_parts, *v_parts), result):
+        if dst is not None:
+            dst.copy_(src)
+    return result[0]
+
+
 def _compiled(cfg: _Config):
     if cfg not in _COMPILED:
-        _COMPILED[cfg] = torch.compile(functools.partial(_block_step, cfg=cfg), fullgraph=True)
+        _COMPILED[cfg] = torch.compile(functools.partial(_step_in_place, cfg=cfg), fullgraph=True)
     return _COMPILED[cfg]
 
 
@@ -254,12 +263,12 @@ def _call(cfg: _Config, args: tuple, compiled: bool):
                 torch._dynamo.mark_dynamic(t, 0)  # one compile for every number of rows
         try:
             with torch._dynamo.utils.disable_cache_limit():  # one compile per configuration
-                return _compiled(cfg)(*args)
+                return _compiled(cfg)(*args), True
         except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as err:
             compile_failed = True
             warn(f"torch.compile failed ({type(err).__name__}); low-bit optimizer states use the "
                  "eager path (same results, slower). Install a C++ compiler to get the fast path")
-    return _block_step(*args, cfg=cfg)
+    return _block_step(*args, cfg=cfg), False
 
 
 def _rows(flat: Tensor, per_row: int, rows: int) -> tuple[Tensor, Tensor]:
@@ -319,8 +328,12 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
         rs = slice(start, start + chunk)
         seed = torch.tensor([key, start * B], dtype=torch.int64, device=x.device)
         m_in, v_in = tuple(t[rs] for t in m_main), tuple(t[rs] for t in v_main)
-        result = _call(cfg, (None if target is None else out_main[rs], grad_main[rs], m_in, v_in,
-                             hp_t, seed), compiled)
+        result, written = _call(cfg, (None if target is None else out_main[rs], grad_main[rs], m_in,
+                                      v_in, hp_t, seed), compiled)
+        if written:  # the compiled kernel stored the target and the moments in place
+            if target is None:
+                out_main[rs].copy_(result)
+            continue
         for dst, src in zip((out_main[rs], *m_in, *v_in), result):
             dst.copy_(src)
     tail = numel - rows * B

@@ -22,10 +22,11 @@ measured here on a tiny LLaMA's embedding with a zero in the map. Rounding a tin
 positive value instead can only shrink that one update. This is the only departure from
 bitsandbytes' unsigned map.
 
-Encoding and decoding are arithmetic (compares, selects, one multiply-add), not table look-ups:
-under torch.compile a gather becomes a scalar loop on CPU, while these vectorize, and they run the
-same on CPU and GPU. ``S_e`` (the cell width) is rounded to 16 significant bits so that ``C + j·S``
-is exact in its product: decoding gives the same bits with or without fused multiply-add.
+Encoding and decoding are arithmetic (float bit fields, compares, selects, a few multiply-adds), not
+table look-ups: under torch.compile a gather becomes a scalar loop on CPU, while these vectorize, and
+they run the same on CPU and GPU. The map *is* ``decode``'s float32 arithmetic (within 1e-6 of the
+paper's values); on CPU eager and compiled code round it alike (no contraction), a GPU compiler that
+fuses multiply-adds may move a value by an ulp.
 """
 
 from __future__ import annotations
@@ -42,29 +43,38 @@ def block_size(bits: int) -> int:
     return _BLOCK[bits]
 
 
-def _round_significand(x: float, bits: int = 16) -> float:
-    mantissa, exponent = math.frexp(x)
-    return math.ldexp(round(mantissa * 2**bits) / 2**bits, exponent)
-
-
 def _tree_constants(kind: str, bits: int) -> dict:
-    """Per-decade constants of the dynamic tree map: decades, first value C, cell width S, the
-    thresholds between decades, and the zero / one rounding thresholds."""
+    """Constants of a dynamic tree map: per decade e its scale P = 10**(e-F+1) and the encoder's
+    cell slope R, offset K and first code; the thresholds between decades; the zero / one ones."""
     signed = kind == "signed"
     F = bits - 1 if signed else bits
     first = 0 if signed else 1          # unsigned: magnitude 1 is reserved for 1.0
-    C, S = {}, {}
-    for e in range(first, F):
-        scale = 10.0 ** (e - F + 1)
-        S[e] = _round_significand(0.9 * scale / 2**e)
-        C[e] = float(torch.tensor(0.1 * scale + 0.5 * S[e], dtype=torch.float32))
-    if not signed:
-        C[0], S[0] = 1.0, 0.0
-    top = {e: C[e] + (2**e - 1) * S[e] for e in range(first, F)}
-    between = [(top[e - 1] + C[e]) / 2 for e in range(first + 1, F)]
+    P = {e: float(torch.tensor(10.0 ** (e - F + 1), dtype=torch.float32)) for e in range(first, F)}
+    t = dict(F=F, first=first, P=P)
+    table = _tree_values(torch.arange(2**F, dtype=torch.float32), t).double()
+    C = {e: table[2**e].item() for e in P}                      # first value of decade e
+    top = {e: table[2**(e + 1) - 1].item() for e in P}          # last value of decade e
+    S = {e: 0.9 * P[e] / 2**e for e in P}                       # cell width
+    R = {e: 1.0 / S[e] for e in P}
+    # u = floor(a·R + K) with K = 2**e − (C − S/2)·R: the cell index j, offset by the decade's 2**e.
+    K = {e: 2**e - (C[e] - S[e] / 2) * R[e] for e in P}
     smallest = 0.0 if signed else C[first] / 2  # the value of magnitude 0 (see module docstring)
-    return dict(F=F, first=first, C=C, S=S, between=between, smallest=smallest,
+    return dict(t, R=R, K=K, smallest=smallest,
+                between={e: (top[e - 1] + C[e]) / 2 for e in range(first + 1, F)},
                 zero=(smallest + C[first]) / 2, one=(top[F - 1] + 1.0) / 2)
+
+
+def _tree_values(f: Tensor, t: dict) -> Tensor:
+    """Values of magnitude codes f = 2**e + j (float32, ≥ 1): the centre of cell j of decade e,
+    P·(0.1 + 0.9·(j + ½)/2**e) = P·((0.9·f + 0.45)·2**-e − 0.8). The exponent e and 2**-e are read
+    from f's float bits (no log, no table)."""
+    biased = f.view(torch.int32) >> 23                      # 127 + e
+    inverse = ((254 - biased) << 23).view(torch.float32)    # 2**-e
+    P = t["P"]
+    scale = torch.full_like(f, P[max(P)])
+    for e in sorted(P)[:-1]:
+        scale = torch.where(biased == 127 + e, P[e], scale)
+    return ((0.9 * f + 0.45) * inverse - 0.8) * scale
 
 
 # Built once at import: torch.compile traces plain dict reads, not cache wrappers.
@@ -72,63 +82,48 @@ _TREES = {(kind, bits): _tree_constants(kind, bits)
           for kind, bits in (("signed", 8), ("unsigned", 8), ("signed", 4), ("unsigned", 4))}
 
 
-def _tree(kind: str, bits: int) -> dict:
-    return _TREES[kind, bits]
-
-
-def _select(e: Tensor, values: dict[int, float], dtype) -> Tensor:
-    """values[e] elementwise, by a chain of selects (vectorizes; a gather would not)."""
-    keys = sorted(values)
-    out = torch.full_like(e, values[keys[-1]], dtype=dtype)
-    for k in keys[:-1]:
-        out = torch.where(e == k, values[k], out)
-    return out
-
-
 def decode(codes: Tensor, kind: str, bits: int, dtype=torch.float32) -> Tensor:
     """Map values (in [-1, 1]) of integer codes; ``codes`` are unpacked (one code per element)."""
     u = codes.to(torch.int32)
     if kind == "linear":
-        return (u + 1).to(dtype) / 2**bits
-    t = _tree(kind, bits)
+        return ((u + 1).to(torch.float32) / 2**bits).to(dtype)
+    t = _TREES[kind, bits]
     F = t["F"]
-    sign = u >> F if kind == "signed" else None
-    u = u & (2**F - 1)
-    e = torch.zeros_like(u)
-    for i in range(1, F):  # e = floor(log2 u): the position of the indicator bit
-        e = e + (u >= 2**i).to(torch.int32)
-    j = u - torch.bitwise_left_shift(torch.ones_like(u), e)
-    value = _select(e, t["C"], dtype) + j.to(dtype) * _select(e, t["S"], dtype)
-    if sign is None:
-        return torch.where(u == 0, t["smallest"], value)
-    value = torch.where(sign == 1, -value, value)
-    return torch.where(u == 0, sign.to(dtype), value)  # "negative zero" is 1.0
+    magnitude = u & (2**F - 1)
+    f = magnitude.to(torch.float32)
+    value = _tree_values(f.clamp_min(1.0), t)
+    if kind == "signed":
+        value = torch.where(u >= 2**F, -value, value)
+        value = torch.where(u == 2**F, 1.0, torch.where(u == 0, 0.0, value))  # "-0" is 1.0
+    else:
+        value = torch.where(u == 1, 1.0, torch.where(u == 0, t["smallest"], value))
+    return value.to(dtype)
 
 
 def encode(y: Tensor, kind: str, bits: int) -> Tensor:
-    """Codes (int32, unpacked) of the map values nearest to ``y`` in [-1, 1] (``[0, 1]`` for the
-    unsigned maps). Exact ties between two codes may go either way."""
-    a = y.abs()
+    """Codes (uint8, unpacked) of the map values nearest to ``y`` in [-1, 1] (``[0, 1]`` for the
+    unsigned maps). Values within float32 rounding of the midpoint between two codes may get either."""
+    a = y.abs().to(torch.float32)
     if kind == "linear":
-        return (torch.round(a * 2**bits) - 1).clamp(0, 2**bits - 1).to(torch.int32)
-    t = _tree(kind, bits)
+        return (torch.round(a * 2**bits) - 1).clamp(0, 2**bits - 1).to(torch.uint8)
+    t = _TREES[kind, bits]
     F, first = t["F"], t["first"]
-    e = torch.full_like(a, first, dtype=torch.int32)
-    for threshold in t["between"]:
-        e = e + (a > threshold).to(torch.int32)
-    lower = {k: t["C"][k] - t["S"][k] / 2 for k in t["S"] if k >= first}
-    inverse = {k: 1.0 / t["S"][k] for k in t["S"] if k >= first}
-    j = torch.floor((a - _select(e, lower, y.dtype)) * _select(e, inverse, y.dtype)).to(torch.int32)
-    count = torch.bitwise_left_shift(torch.ones_like(e), e)
-    u = count + torch.minimum(j.clamp_min(0), count - 1)
-    zero = a <= t["zero"]
+    # The decade's constants, chosen by the thresholds between decades (monotone: top-down selects).
+    slope = torch.full_like(a, t["R"][first])
+    offset = torch.full_like(a, t["K"][first])
+    low = torch.full_like(a, 2.0**first)
+    for e, threshold in t["between"].items():
+        above = a > threshold
+        slope = torch.where(above, t["R"][e], slope)
+        offset = torch.where(above, t["K"][e], offset)
+        low = torch.where(above, 2.0**e, low)
+    u = torch.minimum(torch.floor(a * slope + offset).clamp_min(low), 2 * low - 1)
     if kind == "signed":
-        negative = y < 0
-        code = torch.where(negative, u | 2**F, u)
-        code = torch.where((a > t["one"]) & ~negative, torch.full_like(u, 2**F), code)
-        return torch.where(zero, torch.zeros_like(u), code)
-    code = torch.where(a > t["one"], torch.ones_like(u), u)
-    return torch.where(zero, torch.zeros_like(u), code)
+        u = torch.where((a > t["one"]) & (y > 0), 0.0, u) + torch.where(
+            (y < 0) | (a > t["one"]), 2.0**F, 0.0)   # sign bit; "-0" codes 1.0
+    else:
+        u = torch.where(a > t["one"], 1.0, u)
+    return torch.where(a <= t["zero"], 0.0, u).to(torch.uint8)
 
 
 def code_table(kind: str, bits: int) -> Tensor:
@@ -154,7 +149,7 @@ def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, Tensor]:
     absmax = x.abs().amax(dim=1, keepdim=True)
     # A block of zeros has absmax 0: dividing by the smallest normal float keeps it at 0, not NaN.
     codes = encode(x / absmax.clamp_min(torch.finfo(x.dtype).tiny), kind, bits)
-    codes = pack4(codes) if bits == 4 else codes.to(torch.uint8)
+    codes = pack4(codes) if bits == 4 else codes
     return codes, absmax.squeeze(1).to(torch.float32)
 
 
