@@ -1,18 +1,22 @@
 """Optimizer step time and state bytes, side by side in one process, on the GaLore paper's LLaMA-60M.
 
-    python benchmarks/optimizer_step.py [--rank 128] [--rounds 4] [--threads 1]
+    python benchmarks/optimizer_step.py [--sets galore,apollo,fira,more] [--rank 128] [--rounds 3]
 
 Every optimizer gets its own copy of the same model (hidden 512, intermediate 1376, 8 layers,
-vocab 32000: 58.07M parameters) and the same pre-filled gradients. Optimizers take turns step by
-step (interleaved, so machine noise hits all of them alike). Refreshes happen every
-``--refresh-every`` steps; those steps are timed separately. Printed: state MiB, median step and
-refresh-step time as ratios to torch AdamW (foreach) and to galore-torch where it is installed.
+vocab 32000: 58.07M parameters) and the same pre-filled gradients. The recipes are run in *sets*,
+each a slimtrain recipe next to its authors' package (where it installs) and torch's AdamW;
+the members of a set take turns step by step (interleaved, so machine noise hits them alike), and
+one set's models are freed before the next (memory: ~1 GiB per optimizer). Refreshes happen every
+``--refresh-every`` steps; those steps are timed separately. Printed per set: state MiB (with the
+projectors' share), and median step / refresh-step time as ratios to torch AdamW (foreach) and to
+the set's reference package.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib.util
 import statistics
 import time
@@ -31,60 +35,124 @@ def llama_60m():
     return LlamaForCausalLM(config)
 
 
-def galore_groups(model, rank, refresh_every):
-    """The param groups of galore-torch's README / torchrun_main.py (attn and mlp Linear weights)."""
+def reference_groups(model, **projection):
+    """The param groups of the authors' scripts: attn and mlp Linear weights projected, the rest plain."""
     target = [p for n, p in model.named_parameters() if ("attn" in n or "mlp" in n) and p.dim() == 2]
     ids = {id(p) for p in target}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest},
-            {"params": target, "rank": rank, "update_proj_gap": refresh_every, "scale": 0.25, "proj_type": "std"}]
+    return [{"params": rest}, {"params": target, **projection}]
 
 
-def state_bytes(opt) -> int:
-    total = 0
+def state_bytes(opt) -> tuple[int, int]:
+    """(total, projectors) bytes of all tensors in the optimizer state; the reference packages'
+    projector objects are counted by their matrix."""
+    total = projectors = 0
     for st in opt.state.values():
-        for v in st.values():
+        for key, v in st.items():
             if torch.is_tensor(v):
                 total += v.nbytes
-            elif hasattr(v, "ortho_matrix") and torch.is_tensor(v.ortho_matrix):  # galore-torch projector
+                if key in ("basis", "seed", "basis_codes", "basis_scale", "basis_min"):
+                    projectors += v.nbytes
+            elif torch.is_tensor(getattr(v, "ortho_matrix", None)):
                 total += v.ortho_matrix.nbytes
-    return total
+                projectors += v.ortho_matrix.nbytes
+    return total, projectors
 
 
-def build(args, base):
+def _have(module):
+    return importlib.util.find_spec(module) is not None
+
+
+def recipe_sets(args):
+    """{set: [(label, factory(model) → optimizer, is_reference)]}"""
     import slimtrain.optim as so
 
-    def fresh():
-        return copy.deepcopy(base)
+    r, T = args.rank, args.refresh_every
+    galore = dict(rank=r, update_proj_gap=T, scale=0.25, proj_type="std")
+    sets = {
+        "galore": [
+            ("slimtrain galore-adamw (randomized)", lambda m: so.GaLoreAdamW(m, rank=r, refresh_every=T), False),
+            ("slimtrain galore-adamw (svd)", lambda m: so.GaLoreAdamW(m, rank=r, refresh_every=T, basis="svd"), False),
+            ("slimtrain galore-adafactor", lambda m: so.GaLoreAdafactor(m, rank=r, refresh_every=T), False),
+            ("slimtrain galore-adafactor rest=adafactor", lambda m: so.GaLoreAdafactor(
+                m, rank=r, refresh_every=T, rest="adafactor"), False),
+            ("slimtrain galore-lion", lambda m: so.GaLoreLion(m, rank=r, refresh_every=T), False),
+        ],
+        "apollo": [
+            ("slimtrain apollo", lambda m: so.APOLLO(m, rank=r, refresh_every=T), False),
+            ("slimtrain apollo-mini", lambda m: so.APOLLOMini(m, refresh_every=T), False),
+            ("slimtrain apollo-mini rest=adafactor", lambda m: so.APOLLOMini(m, refresh_every=T, rest="adafactor"), False),
+        ],
+        "fira": [
+            ("slimtrain fira (randomized)", lambda m: so.Fira(m, rank=r, refresh_every=T), False),
+            ("slimtrain fira (svd)", lambda m: so.Fira(m, rank=r, refresh_every=T, basis="svd"), False),
+            ("slimtrain frugal", lambda m: so.FRUGAL(m, refresh_every=T), False),
+        ],
+        "more": [
+            ("slimtrain q-galore", lambda m: so.QGaLore(m, rank=r, refresh_every=T), False),
+            ("slimtrain natural-galore", lambda m: so.NaturalGaLore(m, rank=r, refresh_every=T), False),
+        ],
+    }
+    if _have("galore_torch"):
+        from galore_torch import GaLoreAdafactor, GaLoreAdamW
 
-    entries = {}
-    m = fresh()
-    entries["torch AdamW (foreach)"] = (m, torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=True))
-    m = fresh()
-    entries["torch AdamW (fused)"] = (m, torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True))
-    m = fresh()
-    entries["slimtrain AdamW"] = (m, so.AdamW(m, lr=1e-3))
-    m = fresh()
-    entries["slimtrain GaLoreAdamW (randomized)"] = (m, so.GaLoreAdamW(
-        m, lr=1e-2, rank=args.rank, refresh_every=args.refresh_every, basis="randomized"))
-    m = fresh()
-    entries["slimtrain GaLoreAdamW (svd)"] = (m, so.GaLoreAdamW(
-        m, lr=1e-2, rank=args.rank, refresh_every=args.refresh_every, basis="svd"))
-    if importlib.util.find_spec("galore_torch"):
-        from galore_torch import GaLoreAdamW
+        sets["galore"] += [
+            ("galore-torch GaLoreAdamW", lambda m: GaLoreAdamW(reference_groups(m, **galore), lr=1e-2), True),
+            ("galore-torch GaLoreAdafactor", lambda m: GaLoreAdafactor(
+                reference_groups(m, **galore), lr=1e-2, relative_step=False, scale_parameter=False,
+                warmup_init=False), True)]
+        sets["more"].append(("galore-torch GaLoreAdamW", lambda m: GaLoreAdamW(reference_groups(m, **galore), lr=1e-2), True))
+    if _have("apollo_torch"):
+        from apollo_torch import APOLLOAdamW
 
-        m = fresh()
+        apollo = dict(rank=r, proj="random", scale_type="channel", scale=1.0, update_proj_gap=T, proj_type="std")
+        mini = dict(apollo, rank=1, scale_type="tensor", scale=128.0)
+        sets["apollo"] += [
+            ("apollo-torch APOLLO", lambda m: APOLLOAdamW(reference_groups(m, **apollo), lr=1e-2), True),
+            ("apollo-torch APOLLO-Mini", lambda m: APOLLOAdamW(reference_groups(m, **mini), lr=1e-2), True)]
+    if _have("fira"):
+        from fira import FiraAdamW
+
+        fira = dict(rank=r, update_proj_gap=T, alpha=0.25, proj_type="std")
+        sets["fira"].append(("fira FiraAdamW", lambda m: FiraAdamW(reference_groups(m, **fira), lr=1e-2), True))
+    return sets
+
+
+def time_set(members, base, grads, args):
+    entries = {"torch AdamW (foreach)": (copy.deepcopy(base), None)}
+    entries["torch AdamW (foreach)"] = (entries["torch AdamW (foreach)"][0],
+                                        torch.optim.AdamW(entries["torch AdamW (foreach)"][0].parameters(), foreach=True))
+    m = copy.deepcopy(base)
+    entries["torch AdamW (fused)"] = (m, torch.optim.AdamW(m.parameters(), fused=True))
+    for label, factory, _ in members:
+        m = copy.deepcopy(base)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            entries["galore-torch GaLoreAdamW"] = (m, GaLoreAdamW(galore_groups(m, args.rank, args.refresh_every), lr=1e-2))
-    return entries
+            entries[label] = (m, factory(m))
+    for model, _ in entries.values():
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+    times = {name: {"step": [], "refresh": []} for name in entries}
+    for k in range(args.rounds * args.refresh_every + 1):
+        for name, (_, opt) in entries.items():
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt.step()
+            elapsed = time.perf_counter() - start
+            if k:  # the first step allocates state
+                times[name]["refresh" if k % args.refresh_every == 0 else "step"].append(elapsed)
+    medians = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    sizes = {n: state_bytes(opt) for n, (_, opt) in entries.items()}
+    return medians, sizes
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="galore,apollo,fira,more")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--refresh-every", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=4, help="refresh periods to time (steps = rounds × refresh-every)")
+    parser.add_argument("--rounds", type=int, default=3, help="refresh periods to time (steps = rounds × refresh-every)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives the steadiest timings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,43 +161,52 @@ def main():
     n_params = sum(p.numel() for p in base.parameters())
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in base.parameters()]
-    entries = build(args, base)
-    for model, _ in entries.values():
-        for p, g in zip(model.parameters(), grads):
-            p.grad = g.clone()
-
-    times = {name: {"step": [], "refresh": []} for name in entries}
-    total_steps = args.rounds * args.refresh_every + 1
-    for k in range(total_steps):
-        for name, (_, opt) in entries.items():
-            start = time.perf_counter()
-            opt.step()
-            elapsed = time.perf_counter() - start
-            if k == 0:
-                continue  # first step allocates state
-            times[name]["refresh" if k % args.refresh_every == 0 else "step"].append(elapsed)
-
-    ref = "torch AdamW (foreach)"
-    galore = "galore-torch GaLoreAdamW" if "galore-torch GaLoreAdamW" in entries else None
-    med = {n: {k: statistics.median(v) if v else float("nan") for k, v in t.items()} for n, t in times.items()}
-    ref_bytes = state_bytes(entries[ref][1])
-    print(f"LLaMA-60M: {n_params / 1e6:.2f}M parameters, rank {args.rank}, {args.threads} thread(s), "
-          f"{len(times[ref]['step'])} steps and {len(times[ref]['refresh'])} refreshes timed per optimizer, "
-          f"torch {torch.__version__}")
-    header = f"| optimizer | state MiB | × AdamW | step × AdamW(foreach) | refresh × AdamW(foreach) |"
-    if galore:
-        header += " step × galore-torch | refresh × galore-torch |"
+    sets = recipe_sets(args)
+    print(f"LLaMA-60M: {n_params / 1e6:.2f}M parameters, rank {args.rank}, refresh every {args.refresh_every}, "
+          f"{args.threads} thread(s), {args.rounds * (args.refresh_every - 1)} steps and {args.rounds} refreshes "
+          f"timed per optimizer, torch {torch.__version__}")
+    header = ("| set | optimizer | state MiB (projectors) | × AdamW | step × AdamW(foreach) | refresh × AdamW(foreach) "
+              "| step × ref | refresh × ref |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for name, (_, opt) in entries.items():
-        b = state_bytes(opt)
-        row = (f"| {name} | {b / 2**20:.1f} | {b / ref_bytes:.3f} | {med[name]['step'] / med[ref]['step']:.2f} "
-               f"| {med[name]['refresh'] / med[ref]['step']:.2f} |")
-        if galore:
-            row += (f" {med[name]['step'] / med[galore]['step']:.2f} | "
-                    f"{med[name]['refresh'] / med[galore]['refresh']:.2f} |")
-        print(row)
-    print(f"(median torch AdamW foreach step: {med[ref]['step'] * 1e3:.0f} ms; ratios are what to compare)")
+    for set_name in args.sets.split(","):
+        members = sets[set_name]
+        medians, sizes = time_set(members, base, grads, args)
+        refs = [label for label, _, is_ref in members if is_ref]
+        ref = "torch AdamW (foreach)"
+        adamw_bytes = sizes[ref][0]
+        for name in medians:
+            total, proj = sizes[name]
+            row = (f"| {set_name} | {name} | {total / 2**20:.1f} ({proj / 2**20:.2f}) | {total / adamw_bytes:.3f} "
+                   f"| {medians[name]['step'] / medians[ref]['step']:.2f} "
+                   f"| {medians[name]['refresh'] / medians[ref]['step']:.2f} |")
+            match = _reference_for(name, refs)
+            if match:
+                row += (f" {medians[name]['step'] / medians[match]['step']:.2f} "
+                        f"| {medians[name]['refresh'] / medians[match]['refresh']:.2f} |")
+            else:
+                row += " – | – |"
+            print(row, flush=True)
+        print(f"| {set_name} | (median torch AdamW foreach step: {medians[ref]['step'] * 1e3:.0f} ms) | | | | | | |",
+              flush=True)
+        gc.collect()
+
+
+REFERENCE_OF = {  # slimtrain recipe → the authors' package it is compared with
+    "galore-adamw": "galore-torch GaLoreAdamW", "galore-adafactor": "galore-torch GaLoreAdafactor",
+    "apollo-mini": "apollo-torch APOLLO-Mini", "apollo": "apollo-torch APOLLO", "fira": "fira FiraAdamW",
+    # no installable package of their own: compared with the GaLore they extend
+    "q-galore": "galore-torch GaLoreAdamW", "natural-galore": "galore-torch GaLoreAdamW",
+    "galore-lion": "galore-torch GaLoreAdamW",
+}
+
+
+def _reference_for(name, refs):
+    if not name.startswith("slimtrain "):
+        return None
+    recipe = name.split()[1]
+    target = REFERENCE_OF.get(recipe)
+    return target if target in refs else None
 
 
 if __name__ == "__main__":

@@ -36,3 +36,18 @@ def stdlib_bytes(n_bytes: int) -> torch.Tensor:
         if total >= n_bytes:
             break
     return torch.tensor(list(b"".join(chunks)[:n_bytes]), dtype=torch.long)
+
+
+def train_on_text(model, opt, steps: int, data: torch.Tensor, seed: int = 0) -> list[float]:
+    """``steps`` optimizer steps of next-byte prediction on ``data`` (batches of 8 × 64 bytes)."""
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 65, (8,), generator=gen)
+        batch = torch.stack([data[s:s + 65] for s in starts])
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses

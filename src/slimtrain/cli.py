@@ -10,6 +10,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Memory-efficient full-parameter LLM training.")
 console = Console()
 
+from .memory.cli import plan_command  # noqa: E402  (the planner's command lives with the planner)
+
+app.command("plan")(plan_command)
+
 
 @app.command()
 def optimizers() -> None:

@@ -9,7 +9,7 @@ import torch
 import slimtrain.optim as so
 from slimtrain.optim import GaLoreAdamW
 
-from ..helpers import quiet, stdlib_bytes, tiny_llama
+from ..helpers import quiet, stdlib_bytes, tiny_llama, train_on_text
 
 HAS_GALORE = importlib.util.find_spec("galore_torch") is not None
 
@@ -132,16 +132,7 @@ def test_loss_falls_on_real_text():
     data = stdlib_bytes(64 * 1024)
     model = tiny_llama(vocab_size=256, hidden=64)
     opt = GaLoreAdamW(model, lr=1e-2, rank=16, refresh_every=20)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(60):
-        starts = torch.randint(0, len(data) - 65, (8,), generator=gen)
-        batch = torch.stack([data[s:s + 65] for s in starts])
-        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_text(model, opt, 60, data)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.7 * first, (first, last)
     assert opt.state_bytes()["projectors"] > 0

@@ -1,17 +1,23 @@
 """slimtrain.optim: memory-efficient optimizers built from one composable pipeline.
 
-Use a recipe class (``AdamW``, ``GaLoreAdamW``) or the registry::
+Use a recipe class (``AdamW``, ``GaLoreAdamW``, ``APOLLO``, ``Fira``, …) or the registry::
 
     opt = slimtrain.optim.create("galore-adamw", model, rank=128)
     slimtrain.optim.available()   # ['adamw', 'galore-adamw', ...]
 """
 
 from .core import GROUP_DEFAULTS, STATE_FORMAT, PipelineOptimizer
+from .family import APOLLO, FRUGAL, APOLLOMini, Fira
+from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
 from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
+from .rest import register_rest, rest_names
 from .registry import available, create, recipe, register
 from .targets import DEFAULT_TARGETS
 
 __all__ = [
-    "AdamW", "AdamW4bit", "AdamW8bit", "GaLoreAdamW", "GaLoreAdamW8bit", "PipelineOptimizer", "available", "create", "recipe", "register",
+    "AdamW", "AdamW4bit", "AdamW8bit", "GaLoreAdamW", "GaLoreAdamW8bit",
+    "APOLLO", "APOLLOMini", "Fira", "FRUGAL", "QGaLore", "NaturalGaLore",
+    "GaLoreAdafactor", "GaLoreLion", "PipelineOptimizer", "register_rest", "rest_names",
+    "available", "create", "recipe", "register",
     "DEFAULT_TARGETS", "GROUP_DEFAULTS", "STATE_FORMAT",
 ]

@@ -29,8 +29,6 @@ import torch
 from torch import Tensor
 
 EPS_MODES = ("torch", "hf")
-# The moments this rule keeps, and whether each can be negative (low-bit storage picks its map).
-MOMENTS = (("exp_avg", True), ("exp_avg_sq", False))
 IMPLS = ("forloop", "foreach", "fused")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

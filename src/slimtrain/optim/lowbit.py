@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
-from .adam import MOMENTS, adam_elementwise, elementwise_hyperparameters
+from .adam import adam_elementwise, elementwise_hyperparameters
 from .quant import block_size, dequantize_blocks, quantize_blocks
-from .subspace import apply_back_
+from .rules import RULES
 
 STATE_BITS = (None, 32, 16, 8, 4)
 _CHUNK_ELEMENTS = 1 << 20  # rows per compiled call: temporaries stay in cache, few calls per tensor
@@ -100,40 +100,47 @@ def check_group(group: dict) -> None:
         raise ValueError(f"quantize_min_numel must be an integer >= 0, got {floor!r}")
 
 
-def storages(group: dict, param: Tensor, shape) -> dict[str, Storage]:
-    """The storage of each moment of a parameter whose moments have ``shape``."""
+def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Storage:
     bits = group["state_bits"]
-    out = {}
-    for name, signed in MOMENTS:
-        if bits is None:
-            out[name] = Storage(param.dtype)
-        elif bits in (32, 16):
-            out[name] = Storage(torch.float32 if bits == 32 else torch.bfloat16)
-        elif math.prod(shape) < group["quantize_min_numel"]:
-            out[name] = Storage(torch.float32)
-        else:
-            out[name] = Storage(bits=bits, kind="signed" if signed else
-                                "unsigned" if bits == 8 else "linear")
-    return out
+    if bits is None:
+        return Storage(dtype)
+    if bits in (32, 16):
+        return Storage(torch.float32 if bits == 32 else torch.bfloat16)
+    if numel < group["quantize_min_numel"]:
+        return Storage(torch.float32)
+    return Storage(bits=bits, kind="signed" if signed else "unsigned" if bits == 8 else "linear")
 
 
-def native(group: dict, param: Tensor, kept: dict[str, Storage]) -> bool:
-    """Whether the parameter can take ``adam.adam_`` directly (moments in its own dtype)."""
-    rounded = group["stochastic_rounding"] and param.dtype == torch.bfloat16
-    return not rounded and all(s.dtype == param.dtype for s in kept.values())
+Layout = dict  # moment key → (Storage, moment shape)
 
 
-def init_moments(state: dict, kept: dict[str, Storage], shape, device) -> None:
-    for name, storage in kept.items():
-        state.update(storage.zeros(name, shape, device))
+def layout(group: dict, rule: str, like: Tensor, shape) -> Layout:
+    """How each moment of ``rule`` for an update of ``shape`` is stored (``like``: the parameter,
+    or a tensor of its dtype); derived from the group, never stored."""
+    kernel = RULES[rule]
+    return {key: (_storage(group, like.dtype, math.prod(s), key not in kernel.nonnegative), tuple(s))
+            for key, s in kernel.moment_shapes(tuple(shape), group).items()}
 
 
-def expected_shapes(kept: dict[str, Storage], shape) -> dict[str, tuple[int, ...]]:
-    return {k: v for name, s in kept.items() for k, v in s.shapes(name, shape).items()}
+def native(group: dict, like: Tensor, lay: Layout) -> bool:
+    """Whether the rule can run on the stored moments as they are (all in the parameter's dtype,
+    and no stochastic rounding to do)."""
+    rounded = group["stochastic_rounding"] and like.dtype == torch.bfloat16
+    return not rounded and all(s.dtype == like.dtype for s, _ in lay.values())
 
 
-def moment_bytes(kept: dict[str, Storage], shape) -> int:
-    return sum(s.nbytes(shape) for s in kept.values())
+def init_moments(state: dict, lay: Layout, device) -> None:
+    for key, (storage, shape) in lay.items():
+        state.update(storage.zeros(key, shape, device))
+
+
+def stored_shapes(lay: Layout) -> dict[str, tuple[int, ...]]:
+    """State key → shape of every tensor that holds the moments."""
+    return {k: v for key, (s, shape) in lay.items() for k, v in s.shapes(key, shape).items()}
+
+
+def moment_bytes(lay: Layout) -> int:
+    return sum(s.nbytes(shape) for s, shape in lay.values())
 
 
 def _parts(state: dict, name: str, storage: Storage) -> tuple[Tensor, ...]:
@@ -141,19 +148,22 @@ def _parts(state: dict, name: str, storage: Storage) -> tuple[Tensor, ...]:
 
 
 def load_moment(state: dict, name: str, storage: Storage, shape, dtype=torch.float32) -> Tensor:
-    """A moment as a tensor of ``dtype`` and ``shape`` (a copy when it is quantized)."""
+    """A moment in ``shape``: a float32 copy (``dtype``) when quantized; a plain one converted to
+    ``dtype``, or itself with ``dtype=None``."""
     if not storage.quantized:
-        return state[name].to(dtype)
+        return state[name] if dtype is None else state[name].to(dtype)
     codes, absmax = _parts(state, name, storage)
     numel, B = math.prod(shape), block_size(storage.bits)
     flat = _pad(codes.reshape(-1), absmax.numel() * B * storage.bits // 8)
-    values = dequantize_blocks(flat.view(absmax.numel(), -1), absmax, storage.kind, storage.bits, dtype)
+    values = dequantize_blocks(flat.view(absmax.numel(), -1), absmax, storage.kind, storage.bits,
+                               dtype or torch.float32)
     return values.reshape(-1)[:numel].reshape(shape)
 
 
 def store_moment_(state: dict, name: str, storage: Storage, value: Tensor) -> None:
     if not storage.quantized:
-        state[name].copy_(value)
+        if value is not state[name]:
+            state[name].copy_(value)
         return
     codes, absmax = _parts(state, name, storage)
     B = block_size(storage.bits)
@@ -161,6 +171,41 @@ def store_moment_(state: dict, name: str, storage: Storage, value: Tensor) -> No
     new_codes, new_absmax = quantize_blocks(blocks, storage.kind, storage.bits)
     codes.view(-1).copy_(new_codes.view(-1)[:codes.numel()])
     absmax.copy_(new_absmax)
+
+
+def run_rule_(group: dict, rule: str, lay: Layout, grad: Tensor, state: dict, count_key: str,
+              param: Tensor | None, *, name: str, impl: str):
+    """One step of ``rule`` for one tensor whose moments are not in the parameter's dtype.
+    Returns (direction, factor) on the projected path (``param`` None), else None.
+
+    Adam takes the one-pass kernel below; any other rule runs on float32 copies of its moments
+    (dequantize → rule → requantize) and of a lower-precision parameter."""
+    if rule == "adam":
+        direction, factor = update_tensor_(group, {k: s for k, (s, _) in lay.items()}, param, grad,
+                                           state, state[count_key], name)
+        return (direction, factor) if param is None else None
+    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    moments = {k: load_moment(state, k, s, shape, compute) for k, (s, shape) in lay.items()}
+    work = None if param is None else (param if param.dtype == compute else param.to(compute))
+    out = RULES[rule].update([grad.to(compute)], [moments], [state[count_key]], group, impl,
+                             params=None if work is None else [work])
+    for key, (storage, _) in lay.items():
+        store_moment_(state, key, storage, moments[key])
+    if param is None:
+        return out[0][0], out[1][0]
+    if work is not param:
+        write_rounded_(group, param, work, name, state[count_key])
+    return None
+
+
+def write_rounded_(group: dict, param: Tensor, value: Tensor, name: str, step: Tensor) -> None:
+    """param ← value (higher precision), rounded to nearest, or stochastically for bf16 parameters
+    with ``stochastic_rounding``."""
+    if group["stochastic_rounding"] and param.dtype == torch.bfloat16:
+        seed = torch.tensor([_seed_key(name, step), 0], dtype=torch.int64, device=param.device)
+        param.copy_(stochastic_round_bf16(value.to(torch.float32), seed))
+    else:
+        param.copy_(value)
 
 
 def _pad(flat: Tensor, length: int) -> Tensor:
@@ -351,16 +396,3 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
         target.copy_(work)
     return None, inv_bc1
 
-
-def apply_back_rounded_(group: dict, param: Tensor, N: Tensor, basis: Tensor, side: str, *,
-                        alpha: float, beta: float, name: str, step: Tensor) -> None:
-    """``subspace.apply_back_`` for a parameter of lower precision than the direction ``N``:
-    computed in N's dtype, then written rounded to nearest, or stochastically (bf16 parameters with
-    ``stochastic_rounding``)."""
-    work = param.to(N.dtype)
-    apply_back_(work, N, basis, side, alpha=alpha, beta=beta)
-    if group["stochastic_rounding"] and param.dtype == torch.bfloat16:
-        seed = torch.tensor([_seed_key(name, step), 0], dtype=torch.int64, device=param.device)
-        param.copy_(stochastic_round_bf16(work, seed))
-    else:
-        param.copy_(work)

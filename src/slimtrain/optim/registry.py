@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .family import APOLLO, FRUGAL, APOLLOMini, Fira
+from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
 from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
 
 
@@ -57,3 +59,11 @@ register("galore-adamw", GaLoreAdamW, "GaLore: Adam in a low-rank gradient subsp
 register("adamw8bit", AdamW8bit, "AdamW with 8-bit block-wise quantized moments (Dettmers et al. 2022)")
 register("adamw4bit", AdamW4bit, "AdamW with 4-bit block-wise quantized moments (Li et al. 2023)")
 register("galore-adamw8bit", GaLoreAdamW8bit, "GaLore with 8-bit Adam moments (Zhao et al. 2024)")
+register("apollo", APOLLO, "APOLLO: channel-wise scaling of G from Adam on a random sketch (Zhu et al. 2025)")
+register("apollo-mini", APOLLOMini, "APOLLO-Mini: rank-1 sketch, one tensor-wise scale (Zhu et al. 2025)")
+register("fira", Fira, "Fira: GaLore + norm-scaled full-rank residual + limiter (Chen et al. 2024)")
+register("frugal", FRUGAL, "FRUGAL: Adam in a subspace + state-free signSGD outside it (Zmushko et al. 2025)")
+register("q-galore", QGaLore, "Q-GaLore: packed 4-bit projector, lazy refresh (Zhang et al. 2024)")
+register("natural-galore", NaturalGaLore, "Natural GaLore: Woodbury natural gradient, then Adam (Das 2024)")
+register("galore-adafactor", GaLoreAdafactor, "GaLore with Adafactor's factored second moment")
+register("galore-lion", GaLoreLion, "GaLore with Lion (sign of interpolated momentum)")

@@ -9,15 +9,29 @@ A selector returns an orthonormal basis in the orientation the projection uses:
   warm-started from the previous basis, which is a good guess because subspaces drift slowly.
   Cost O(m·n·(r + oversample)·(2·power_iters + 2)).
 
-Both work in float32 whatever the gradient's dtype, and return float32.
+Gradient-free selectors (they draw from a seed, so they are cheap and need no SVD):
+
+* ``gaussian``: i.i.d. N(0, 1/r) entries, *not* orthonormal — APOLLO's random sketch, which keeps
+  norms in expectation (Johnson–Lindenstrauss). Stored as its seed and regenerated every step.
+* ``orthogonal``: a uniformly random orthonormal basis (FRUGAL's ``random``).
+* ``columns``: ``rank`` random coordinates of the projected side (FRUGAL's RandK columns / GaLore
+  ``randperm``): rows of G when projecting on the left, columns on the right.
+* ``blocks``: ``rank`` consecutive coordinates, moving one block per refresh from the last block to
+  the first (FRUGAL's ``descending`` block order, within each matrix).
+
+All work in float32 whatever the gradient's dtype, and return float32.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-SELECTORS = ("svd", "randomized")
+SELECTORS = ("svd", "randomized", "gaussian", "orthogonal", "columns", "blocks")
+GRADIENT_SELECTORS = ("svd", "randomized")
+ORTHONORMAL_SELECTORS = ("svd", "randomized", "orthogonal", "columns", "blocks")
 
 
 def exact_svd_basis(G: Tensor, rank: int, side: str) -> tuple[Tensor, Tensor]:
@@ -95,13 +109,48 @@ def random_orthonormal_basis(shape: tuple[int, int], rank: int, side: str,
     return basis.contiguous() if side == "left" else basis.t().contiguous()
 
 
+def gaussian_basis(shape, rank: int, side: str, seed: int, device) -> Tensor:
+    """APOLLO's sketch: N(0, 1/r) entries from a CPU generator seeded with ``seed`` (the same
+    values on every device), shaped as the ``side``'s basis."""
+    m, n = shape[0], shape[1]
+    dims = (m, rank) if side == "left" else (rank, n)
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(dims, generator=generator, dtype=torch.float32) / math.sqrt(rank)).to(device)
+
+
+def coordinate_basis(shape, rank: int, side: str, index: Tensor, device) -> Tensor:
+    """The basis that keeps the coordinates ``index`` of the projected side (one-hot columns):
+    projecting with it selects rows/columns of G exactly."""
+    rows = shape[0] if side == "left" else shape[1]
+    basis = torch.zeros(rows, rank, dtype=torch.float32)
+    basis[index, torch.arange(rank)] = 1.0
+    basis = basis.to(device)
+    return basis if side == "left" else basis.t().contiguous()
+
+
+def coordinate_index(shape, rank: int, side: str, method: str, generator: torch.Generator,
+                     refresh_index: int) -> Tensor:
+    rows = shape[0] if side == "left" else shape[1]
+    if method == "columns":
+        return torch.randperm(rows, generator=generator)[:rank].sort().values
+    blocks = -(-rows // rank)
+    block = (blocks - 1 - refresh_index) % blocks  # descending: the last block first
+    return (torch.arange(rank) + block * rank) % rows  # a short last block wraps to the start
+
+
 def select_basis(G: Tensor, rank: int, side: str, method: str, *, previous: Tensor | None,
-                 power_iters: int, oversample: int, generator: torch.Generator
-                 ) -> tuple[Tensor, Tensor]:
-    """(basis, projected gradient in float32) by the named method."""
+                 power_iters: int, oversample: int, generator: torch.Generator,
+                 refresh_index: int = 0) -> tuple[Tensor, Tensor | None]:
+    """(basis, projected gradient in float32 or None when it does not come for free) by the
+    named method. ``gaussian`` is drawn by ``gaussian_basis`` from a seed, not here."""
     if method == "svd":
         return exact_svd_basis(G, rank, side)
     if method == "randomized":
         return randomized_svd_basis(G, rank, side, previous=previous, power_iters=power_iters,
                                     oversample=oversample, generator=generator)
+    if method == "orthogonal":
+        return random_orthonormal_basis(G.shape, rank, side, generator, G.device), None
+    if method in ("columns", "blocks"):
+        index = coordinate_index(G.shape, rank, side, method, generator, refresh_index)
+        return coordinate_basis(G.shape, rank, side, index, G.device), None
     raise ValueError(f"unknown basis selector {method!r}; choose one of {SELECTORS}")

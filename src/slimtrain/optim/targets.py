@@ -3,8 +3,8 @@
 Parameters are chosen by *name*: ``targets`` are regular expressions searched in each parameter's
 full name (its module path plus ``.weight``/``.bias``), e.g. ``model.layers.0.self_attn.q_proj.weight``.
 The default selects the 2-D weights inside attention and MLP blocks of LLaMA / GPT-2 / GPT-NeoX
-style models. Everything else (embeddings, LM head, norms, biases) goes to a plain AdamW group of
-the same optimizer.
+style models. Everything else (embeddings, LM head, norms, biases) goes to a second, unprojected
+group of the same optimizer, trained with the recipe's ``rest=`` rule (AdamW by default).
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ _GALORE_PROJ_TYPES = {"std": "auto", "reverse_std": "reverse", "left": "left", "
 
 
 def translate_galore_keys(group: dict[str, Any]) -> dict[str, Any]:
-    """Accept a param group written for ``galore_torch.GaLoreAdamW`` as it is."""
+    """Accept a param group written for ``galore_torch.GaLoreAdamW`` (or the ``fira`` package,
+    which calls the scale ``alpha``) as it is."""
     group = dict(group)
+    if "alpha" in group:
+        group.setdefault("scale", group.pop("alpha"))
     if "update_proj_gap" in group:
         group.setdefault("refresh_every", group.pop("update_proj_gap"))
     if "proj_type" in group:
@@ -81,9 +84,10 @@ def _as_patterns(targets) -> tuple[str, ...]:
 
 
 def build_param_groups(model_or_params, *, projection: dict[str, Any] | None, targets=None,
-                       ) -> list[dict[str, Any]]:
+                       rest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Param groups for a recipe. ``projection`` holds the keys of the projected group (rank, …);
-    ``None`` means the recipe projects nothing."""
+    ``None`` means the recipe projects nothing. ``rest`` holds the keys of the group of the
+    parameters that are not targeted (see ``rest.py``)."""
     kind, items = _materialize(model_or_params)
     if kind == "groups":
         if targets is not None:
@@ -97,21 +101,21 @@ def build_param_groups(model_or_params, *, projection: dict[str, Any] | None, ta
     if kind == "tensors":
         if targets is not None:
             raise ValueError("targets= needs parameter names: pass the model or model.named_parameters()")
-        chosen, rest = [p for p in items if p.dim() >= 2], [p for p in items if p.dim() < 2]
+        chosen, others = [p for p in items if p.dim() >= 2], [p for p in items if p.dim() < 2]
         if not chosen:
             raise ValueError("no parameter to project: all are 1-D; use the 'adamw' recipe instead")
-        if rest:
-            warn(f"{len(rest)} of the parameters are 1-D and cannot be projected; they are "
-                          "trained with full-rank AdamW")
-        return _two_groups(chosen, rest, projection)
+        if others:
+            warn(f"{len(others)} of the parameters are 1-D and cannot be projected; they are "
+                 "trained with the rest rule")
+        return _two_groups(chosen, others, projection, rest)
     return _split_named(items, _as_patterns(targets), user_targets=targets is not None,
-                        projection=projection)
+                        projection=projection, rest=rest)
 
 
-def _split_named(named, patterns, *, user_targets: bool, projection) -> list[dict[str, Any]]:
+def _split_named(named, patterns, *, user_targets: bool, projection, rest) -> list[dict[str, Any]]:
     compiled = [re.compile(p) for p in patterns]
     hits = [0] * len(compiled)
-    chosen, rest, flat = [], [], []
+    chosen, others, flat = [], [], []
     for name, param in named:
         matched = False
         for i, rx in enumerate(compiled):
@@ -123,7 +127,7 @@ def _split_named(named, patterns, *, user_targets: bool, projection) -> list[dic
             if user_targets:
                 flat.append(name)
             matched = False
-        (chosen if matched else rest).append((name, param))
+        (chosen if matched else others).append((name, param))
     examples = ", ".join(n for n, _ in named[:4])
     for pattern, count in zip(patterns, hits):
         if count == 0:
@@ -136,12 +140,12 @@ def _split_named(named, patterns, *, user_targets: bool, projection) -> list[dic
                          "target the weight matrices instead")
     if flat:
         warn(f"{len(flat)} targeted parameters are 1-D and cannot be projected; they are "
-                      f"trained with full-rank AdamW: {', '.join(flat[:5])}")
-    return _two_groups(chosen, rest, projection)
+             f"trained with the rest rule: {', '.join(flat[:5])}")
+    return _two_groups(chosen, others, projection, rest)
 
 
-def _two_groups(chosen, rest, projection) -> list[dict[str, Any]]:
+def _two_groups(chosen, others, projection, rest) -> list[dict[str, Any]]:
     groups = [{"params": chosen, **projection}]
-    if rest:
-        groups.append({"params": rest})
+    if others:
+        groups.append({"params": others, **(rest or {})})
     return groups

@@ -1,0 +1,78 @@
+"""Which recipes and settings fit a memory budget, best first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .planner import _static, _with_batch, recipe_accepts
+
+
+@dataclass(frozen=True)
+class Fit:
+    recipe: str
+    settings: dict[str, Any]  # rank / state_bits / fused_backward / activation_checkpointing
+    max_batch: int
+    total: int                # bytes at max_batch
+    state_bytes: int          # optimizer states + projectors
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(recipe=self.recipe, **self.settings, max_batch=self.max_batch, total=self.total,
+                    state_bytes=self.state_bytes)
+
+
+def rank_ladder(hidden: int) -> list[int]:
+    """h/2, h/4, h/8 (multiples of 8): the papers use h/4 (GaLore, APOLLO) and h/8 (APOLLO†)."""
+    return sorted({max(8, (hidden // d) // 8 * 8) for d in (2, 4, 8)}, reverse=True)
+
+
+def _largest_batch(static, budget: int, max_batch: int) -> int:
+    if _with_batch(static, 1).total > budget:
+        return 0
+    lo, hi = 1, max_batch
+    while lo < hi:  # total grows with the batch: find the largest batch under the budget
+        mid = (lo + hi + 1) // 2
+        if _with_batch(static, mid).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="float32",
+                     autocast: bool = False, recipes: list[str] | None = None,
+                     max_batch: int = 4096) -> list[Fit]:
+    """Every (recipe, rank, state bits, fused backward, checkpointing) that fits ``budget`` bytes
+    with at least batch 1, with its largest batch. Best first: the most optimizer state kept (closest
+    to AdamW), then no activation checkpointing (faster), then the largest batch."""
+    from .. import optim
+    from ..models import model_config
+
+    config = model_config(model)
+    names = recipes or optim.available()
+    fits: list[Fit] = []
+    weights_only = None
+    for name in names:
+        ranks = rank_ladder(config.hidden_size) if recipe_accepts(name, "rank") else [None]
+        bits = [32, 8] if recipe_accepts(name, "state_bits") else [None]
+        fused = [False, True] if recipe_accepts(name, "fused_backward") else [False]
+        for rank in ranks:
+            for state_bits in bits:
+                kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
+                for fb in fused:
+                    for ckpt in (False, True):
+                        static = _static(model, name, seq_len=seq_len, param_dtype=param_dtype,
+                                         autocast=autocast, fused_backward=fb, grad_accum=1,
+                                         activation_checkpointing=ckpt, recipe_kwargs=dict(kwargs))
+                        weights_only = static.weights
+                        batch = _largest_batch(static, budget, max_batch)
+                        if batch:
+                            at = _with_batch(static, batch)
+                            fits.append(Fit(name, dict(kwargs, fused_backward=fb, activation_checkpointing=ckpt),
+                                            batch, at.total, at.optimizer_states + at.projectors))
+    if weights_only is not None and weights_only > budget:
+        raise ValueError(f"the budget ({budget / 2**30:.2f} GiB) is below the weights alone "
+                         f"({weights_only / 2**30:.2f} GiB): no recipe fits; use a smaller model or "
+                         "bfloat16 weights")
+    fits.sort(key=lambda f: (-f.state_bytes, f.settings["activation_checkpointing"], -f.max_batch))
+    return fits

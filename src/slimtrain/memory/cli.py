@@ -1,0 +1,106 @@
+"""``slimtrain plan``: print what a run needs, or which settings fit a budget."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .units import parse_bytes
+
+console = Console()
+err = Console(stderr=True)
+
+_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
+           "projectors": "projectors", "activations": "activations", "temporaries": "temporaries (peak)"}
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def plan_command(
+    model: str = typer.Option("60m", help="Preset (tiny, small, 60m, 130m, 350m, 1b, 7b; 'llama-7b' works "
+                                          "too) or a local directory / config.json in Hugging Face layout."),
+    recipe: str = typer.Option("adamw", help="Optimizer recipe (see `slimtrain optimizers`)."),
+    rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's)."),
+    state_bits: Optional[int] = typer.Option(None, help="Optimizer-state precision, for recipes that take it."),
+    batch_size: int = typer.Option(1, help="Micro-batch size (sequences)."),
+    seq_len: int = typer.Option(256, help="Sequence length (tokens)."),
+    param_dtype: str = typer.Option("float32", help="Parameter dtype: float32 or bfloat16 (the papers use "
+                                                    "pure bfloat16)."),
+    autocast: bool = typer.Option(False, help="bf16 autocast over float32 parameters."),
+    fused_backward: bool = typer.Option(False, help="Layer-wise updates: one gradient alive at a time."),
+    grad_accum: int = typer.Option(1, help="Gradient-accumulation micro-batches (matters with --fused-backward)."),
+    activation_checkpointing: bool = typer.Option(False, help="Keep only each layer's input; recompute in backward."),
+    budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: list the recipes "
+                                                    "and settings that fit, best first, with their largest batch."),
+    top: int = typer.Option(15, help="With --budget: how many settings to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (integer bytes)."),
+    paper: bool = typer.Option(False, "--paper", help="Recompute the GaLore paper's memory tables (weights + "
+                                                      "BF16 states) and show them beside the paper's figures."),
+) -> None:
+    """What a training run needs in memory, part by part (GiB = 2^30 bytes) — or, with --budget,
+    which recipes and settings fit."""
+    from .budget import fitting_settings
+    from .planner import PARTS, plan
+
+    if paper:
+        from .paper import reconcile, render
+
+        typer.echo(render(reconcile()))
+        return
+    try:
+        if budget is not None:
+            limit = parse_bytes(budget)
+            fits = fitting_settings(limit, model, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
+                                    recipes=[recipe] if recipe != "adamw" or rank or state_bits else None)
+            _print_fits(fits[:top], limit, model, seq_len, as_json)
+            return
+        kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
+        result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
+                      autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
+                      activation_checkpointing=activation_checkpointing, **kwargs)
+    except ValueError as error:
+        _fail(str(error))
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{model} · {recipe} · batch {batch_size} × {seq_len} · {result.settings['param_dtype']}")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    table.add_column("GB", justify="right")
+    for part in PARTS:
+        value = getattr(result, part)
+        table.add_row(_LABELS[part], f"{value / 2**30:.3f}", f"{value / 1e9:.3f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{result.total / 2**30:.3f}[/bold]",
+                  f"[bold]{result.total / 1e9:.3f}[/bold]")
+    console.print(table)
+    console.print(f"{result.details['parameters'] / 1e6:.1f}M parameters. Activations: the tensors "
+                  "transformers' LLaMA saves for backward + logits; temporaries: an upper bound on the "
+                  "peak of the backward's loss head or of the optimizer step and subspace refresh.")
+
+
+def _print_fits(fits, limit: int, model: str, seq_len: int, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"budget": limit, "fits": [f.to_dict() for f in fits]}))
+        return
+    if not fits:
+        console.print(f"Nothing fits {limit / 2**30:.2f} GiB for {model} at sequence length {seq_len}, "
+                      "even at batch 1. Try bfloat16 parameters, a shorter sequence, or a smaller model.")
+        return
+    table = Table(title=f"{model}, seq {seq_len}: settings that fit {limit / 2**30:.2f} GiB (best first)")
+    for col in ("recipe", "rank", "state bits", "fused backward", "checkpointing", "max batch",
+                "total GiB", "optimizer GiB"):
+        table.add_column(col)
+    for f in fits:
+        s = f.settings
+        table.add_row(f.recipe, str(s.get("rank", "–")), str(s.get("state_bits", "–")),
+                      "yes" if s["fused_backward"] else "no", "yes" if s["activation_checkpointing"] else "no",
+                      str(f.max_batch), f"{f.total / 2**30:.2f}", f"{f.state_bytes / 2**30:.2f}")
+    console.print(table)

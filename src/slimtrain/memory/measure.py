@@ -1,0 +1,105 @@
+"""Measure what a few real training steps hold, to check the planner against.
+
+Exact tensor accounting works on any device: bytes of parameters, gradients and optimizer state, and
+the tensors autograd saves for backward (unique storages seen by ``saved_tensors_hooks``). Process
+level: peak allocator memory on CUDA; on CPU, the peak resident set size (VmHWM, reset before the
+measured steps) — which also holds the allocator's caches and Python itself, so it is an upper check.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+@contextmanager
+def saved_tensor_bytes(model: nn.Module):
+    """Yields a dict whose "bytes" is the size of the unique non-parameter storages autograd saves."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+    result = {"bytes": 0}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield result
+    result["bytes"] = sum(storages.values())
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: int, seq_len: int,
+            steps: int = 2, autocast: bool = False, seed: int = 0) -> dict[str, int | None]:
+    """Run ``steps`` training steps on random token ids and report measured bytes.
+
+    Keys: weights, gradients (after backward, before the step), optimizer_states, projectors,
+    activations (saved tensors + logits, last step), peak_rss (CPU) or peak_allocated (CUDA).
+    """
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_reset = reset_peak_rss()
+    result: dict[str, int | None] = {}
+    model.train()
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
+        with saved_tensor_bytes(model) as saved, torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                 enabled=autocast):
+            out = model(input_ids=ids, labels=ids)
+        logits = out.logits
+        result["activations"] = saved["bytes"] + logits.untyped_storage().nbytes()
+        out.loss.backward()
+        del out, logits
+        result["gradients"] = tensor_bytes(p.grad for p in model.parameters())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    result["weights"] = tensor_bytes(model.parameters())
+    held = optimizer.state_bytes() if hasattr(optimizer, "state_bytes") else {
+        "states": tensor_bytes(v for st in optimizer.state.values() for v in st.values()
+                               if torch.is_tensor(v)), "projectors": 0}
+    result["optimizer_states"] = held["states"]
+    result["projectors"] = held["projectors"]
+    result["peak_allocated"] = torch.cuda.max_memory_allocated(device) if cuda else None
+    result["peak_rss"] = peak_rss_bytes() if (rss_reset and not cuda) else None
+    return result
+

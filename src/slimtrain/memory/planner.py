@@ -1,0 +1,226 @@
+"""``plan()``: the bytes a training run needs, part by part, before any GPU is bought or rented.
+
+The parts (all integers, bytes):
+
+* ``weights``: every parameter once (tied weights once), in ``param_dtype``;
+* ``gradients``: one per trainable parameter in ``param_dtype``; with fused backward only the
+  largest parameter's gradient is alive at a time, plus the accumulation buffers when
+  ``grad_accum > 1`` (low-rank r×max(m, n) for projected matrices, full size for the rest);
+* ``optimizer_states`` and ``projectors``: the optimizer's own ``planned_state_bytes()``, computed
+  by building the real recipe on a meta-device copy of the model (no memory is allocated), so it is
+  exact for every registered recipe;
+* ``activations``: the saved-tensor model of ``activations.py`` (exact for transformers' LLaMA),
+  plus the returned logits, autocast's bf16 weight copies and, with checkpointing, one recomputed
+  layer;
+* ``temporaries``: an upper bound on the short-lived peaks that come on top — the larger of the
+  backward's loss-head gradients (fp32 T×V twice) and the optimizer step's low-rank temporaries plus
+  the subspace refresh workspace of the largest projected matrix (the SVD's);
+* ``total``: their sum.
+
+The paper tables count other things (weights + states only, in BF16); ``README.md`` in this
+package's tests and the project README reconcile them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .activations import LlamaShape, saved_activation_bytes
+
+PARTS = ("weights", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_LLAMA_LIKE = ("llama", "mistral")
+
+
+@dataclass
+class MemoryPlan:
+    model: str
+    recipe: str
+    settings: dict[str, Any]
+    weights: int
+    gradients: int
+    optimizer_states: int
+    projectors: int
+    activations: int
+    temporaries: int
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, k) for k in PARTS)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in PARTS}
+        out["total"] = self.total
+        out.update(model=self.model, recipe=self.recipe, settings=self.settings, details=self.details)
+        return out
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use float32 or bfloat16")
+    return _DTYPES[name]
+
+
+def _meta_model(config, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def recipe_accepts(recipe: str, keyword: str) -> bool:
+    from .. import optim
+
+    params = inspect.signature(optim.recipe(recipe).factory).parameters
+    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _build_optimizer(recipe: str, model, kwargs: dict[str, Any]):
+    from .. import optim
+
+    for key in kwargs:
+        if not recipe_accepts(recipe, key):
+            raise ValueError(f"recipe {recipe!r} does not take {key}=; drop it or pick a recipe that does")
+    import warnings
+
+    with warnings.catch_warnings():  # fallbacks (rank ≥ min(m, n), 1-D targets) are the user's plan
+        warnings.simplefilter("ignore")
+        return optim.create(recipe, model, **kwargs)
+
+
+def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accum: int) -> int:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not fused_backward:
+        return sum(p.numel() for p in trainable) * elem
+    largest = max(p.numel() for p in trainable) * elem
+    if grad_accum <= 1:
+        return largest
+    from ..optim.subspace import projected_shape
+
+    buffers = 0
+    for p in trainable:
+        plan = getattr(optimizer, "_plans", {}).get(p)
+        if plan is not None and plan.projected:
+            buffers += math.prod(projected_shape(p.shape, plan.rank, plan.side)) * elem
+        else:
+            buffers += p.numel() * elem
+    return largest + buffers
+
+
+def _refresh_workspace(optimizer, param_elem: int) -> tuple[int, int]:
+    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes."""
+    from ..optim.subspace import projected_shape
+
+    step, refresh = 0, 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            plan = getattr(optimizer, "_plans", {}).get(p)
+            if plan is None or not plan.projected:
+                continue
+            m, n = p.shape
+            r = plan.rank
+            # the projected gradient and the Adam direction, both r×max(m, n), live through the step
+            step += 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
+            copy = 0 if param_elem == 4 else m * n * 4  # fp32 copy of a low-precision gradient
+            k = min(m, n)
+            if group.get("basis") == "svd":  # thin SVD: U, S, Vh and LAPACK's gesdd workspace
+                work = 4 * (m * n + m * k + k * n + 4 * k * k + 7 * k)
+            else:  # range finder with K = r + oversample columns, and the K×K eigenproblem
+                K = min(r + group.get("oversample", 8), k)
+                work = 4 * (3 * max(m, n) * K + 2 * min(m, n) * K + r * (m + n)) + 16 * K * K
+            refresh = max(refresh, copy + work)
+    return step, refresh
+
+
+@dataclass(frozen=True)
+class _Static:
+    """The batch-independent part of a plan."""
+
+    model: str
+    recipe: str
+    shape: LlamaShape
+    elem: int
+    weights: int
+    gradients: int
+    states: dict[str, int]
+    step_temporaries: int
+    refresh_workspace: int
+    parameters: int
+    settings: dict[str, Any]
+
+
+def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fused_backward: bool,
+            grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict) -> _Static:
+    from ..models import model_config
+
+    if seq_len < 1 or grad_accum < 1:
+        raise ValueError(f"seq_len and grad_accum must be >= 1 (got {seq_len}, {grad_accum})")
+    config = model_config(model)
+    if getattr(config, "model_type", None) not in _LLAMA_LIKE:
+        raise ValueError(f"the activation model covers LLaMA-style decoders ({', '.join(_LLAMA_LIKE)}); "
+                         f"got model_type={getattr(config, 'model_type', None)!r}")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's max_position_embeddings ({limit})")
+    dtype = parse_dtype(param_dtype)
+    if autocast and dtype != torch.float32:
+        raise ValueError("autocast applies to float32 parameters; with bfloat16 parameters drop autocast")
+    elem = torch.empty((), dtype=dtype).element_size()
+    meta = _meta_model(config, dtype)
+    optimizer = _build_optimizer(recipe, meta, recipe_kwargs)
+    if not hasattr(optimizer, "planned_state_bytes"):
+        raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
+    step_tmp, refresh = _refresh_workspace(optimizer, elem)
+    settings = dict(seq_len=seq_len, param_dtype=str(dtype).removeprefix("torch."), autocast=autocast,
+                    fused_backward=fused_backward, grad_accum=grad_accum,
+                    activation_checkpointing=activation_checkpointing, **recipe_kwargs)
+    return _Static(model=str(model), recipe=recipe, shape=LlamaShape.from_config(config), elem=elem,
+                   weights=sum(p.numel() for p in meta.parameters()) * elem,
+                   gradients=_gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum),
+                   states=optimizer.planned_state_bytes(), step_temporaries=step_tmp,
+                   refresh_workspace=refresh, parameters=sum(p.numel() for p in meta.parameters()),
+                   settings=settings)
+
+
+def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seq_len = st.settings["seq_len"]
+    act = saved_activation_bytes(st.shape, batch_size, seq_len, param_bytes=st.elem,
+                                 autocast=st.settings["autocast"],
+                                 checkpointing=st.settings["activation_checkpointing"])
+    backward_head = 2 * 4 * batch_size * seq_len * st.shape.vocab
+    details = {"parameters": st.parameters, **act, "backward_head": backward_head,
+               "step_temporaries": st.step_temporaries, "refresh_workspace": st.refresh_workspace}
+    return MemoryPlan(
+        model=st.model, recipe=st.recipe, settings={"batch_size": batch_size, **st.settings},
+        weights=st.weights, gradients=st.gradients, optimizer_states=st.states["states"],
+        projectors=st.states["projectors"],
+        activations=act["saved"] + act["logits"] + act["weight_casts"] + act["recompute"],
+        temporaries=max(backward_head, st.step_temporaries + st.refresh_workspace), details=details)
+
+
+def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 256,
+         param_dtype: str | torch.dtype = "float32", autocast: bool = False,
+         fused_backward: bool = False, grad_accum: int = 1, activation_checkpointing: bool = False,
+         **recipe_kwargs) -> MemoryPlan:
+    """Plan the memory of training ``model`` (preset name, local HF dir/config.json, or config)
+    with ``recipe`` (a registry name; ``recipe_kwargs`` go to it, e.g. ``rank=128``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    static = _static(model, recipe, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
+                     fused_backward=fused_backward, grad_accum=grad_accum,
+                     activation_checkpointing=activation_checkpointing, recipe_kwargs=recipe_kwargs)
+    return _with_batch(static, batch_size)
+
+
+__all__ = ["MemoryPlan", "PARTS", "plan", "parse_dtype", "recipe_accepts"]

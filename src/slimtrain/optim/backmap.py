@@ -1,0 +1,107 @@
+"""From the inner rule's low-rank direction to the weights: back-map, residual and limiter.
+
+For W (m×n) with gradient G, basis B, projected gradient R and the rule's direction D (the update
+is −lr·f·D in the subspace):
+
+* back-map ``project`` (GaLore): α·back(D) — one ``addmm_`` with weight decay folded in;
+* back-map ``channel`` / ``tensor`` (APOLLO): √α · G ⊙ s with s = ‖D‖/(‖R‖ + 1e-8) per channel
+  of the non-projected side (columns when projecting on the left, rows on the right) or for the
+  whole tensor. √α because APOLLO's ``scale`` multiplies by its square root (paper α = √scale);
+* residual ``fira``: + φ ⊙ (I − BBᵀ)G with φ the channel ratio above (Fira, Chen et al. 2024,
+  Eq. 3–5). The Fira code subtracts α·BBᵀG instead, so that with α = 0.25 three quarters of the
+  in-subspace gradient leak into the residual; we follow the paper;
+* residual ``sign`` / ``sgd`` (FRUGAL, Zmushko et al. 2025): + sign((I − BBᵀ)G) or (I − BBᵀ)G,
+  state-free, at step lr·α·``residual_scale`` (not scaled by the rule's bias correction);
+* limiter γ (Fira §4.2): the full-rank term X (APOLLO: the scaled gradient; Fira: the residual) is
+  divided by max(‖X‖/‖X_prev‖, γ)/γ, so its norm grows at most γ× per step. Norms are measured in
+  the units the authors' code uses (the update divided by lr·rule.step_size), which makes the
+  limiter independent of how a kernel splits the update into direction and factor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .subspace import apply_back_
+
+BACKMAPS = ("project", "channel", "tensor")
+RESIDUALS = ("none", "fira", "sign", "sgd")
+_TINY = 1e-8  # the references' guard in every norm ratio and in the limiter
+
+
+def norm_ratio(D: Tensor, R: Tensor, side: str, per: str) -> Tensor:
+    """‖D‖/(‖R‖ + 1e-8) per channel of the non-projected side (shaped to broadcast over G), or a
+    0-d tensor for ``per="tensor"``."""
+    if per == "tensor":
+        return torch.linalg.vector_norm(D) / (torch.linalg.vector_norm(R) + _TINY)
+    dim = 0 if side == "left" else 1
+    ratio = torch.linalg.vector_norm(D, dim=dim) / (torch.linalg.vector_norm(R, dim=dim) + _TINY)
+    return ratio if side == "left" else ratio.unsqueeze(1)
+
+
+def _limit(state: dict, norm: Tensor, units: float, gamma: float, first: bool) -> Tensor:
+    """Divisor for the full-rank term; updates the remembered norm (a 0-d tensor, no sync)."""
+    previous = state["limiter_norm"]
+    norm = norm.to(previous.dtype) * units
+    if first:
+        previous.copy_(norm)
+        return torch.ones_like(norm)
+    divisor = torch.clamp(norm / (previous + _TINY), min=gamma) / gamma
+    previous.copy_(norm / divisor)
+    return divisor
+
+
+def _residual(G: Tensor, R: Tensor, basis: Tensor, side: str) -> Tensor:
+    """(I − BBᵀ)G = G − back(R), one m×n tensor."""
+    B = basis.to(R.dtype)
+    if side == "left":
+        return torch.addmm(G, B, R, alpha=-1)
+    return torch.addmm(G, R, B, alpha=-1)
+
+
+def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, side: str, *,
+                  group: dict, state: dict, factor: float, step_size: float, first: bool) -> None:
+    """W ← W·(1 − lr·λ) − lr·factor·(back-map of D) − residual, for one projected matrix.
+
+    ``step_size`` is the rule's authors' step size for this step (see ``rules.Rule.step_size``);
+    ``first`` says whether this is the matrix's first update (the limiter has no previous norm).
+    """
+    lr, scale = group["lr"], group["scale"]
+    decay = 1 - lr * group["weight_decay"]
+    step = lr * factor
+    # Norm ratios drop the sign of D, so norm-scaled terms use |factor| (fused Adam returns −ψ, −1).
+    magnitude = lr * abs(factor)
+    units = abs(factor) / step_size
+    gamma = group["limiter"]
+    backmap = group["backmap"]
+    if backmap != "project":
+        s = norm_ratio(D, R, side, backmap)
+        if gamma is not None:
+            if backmap == "tensor":
+                norm = torch.linalg.vector_norm(G) * s
+            else:  # ‖G ⊙ s‖ from column (row) norms of G: no m×n temporary
+                dim = 0 if side == "left" else 1
+                norm = torch.linalg.vector_norm(torch.linalg.vector_norm(G, dim=dim) * s.reshape(-1))
+            s = s / _limit(state, norm, units, gamma, first)
+        if decay != 1:
+            p.mul_(decay)
+        p.addcmul_(G, s.to(G.dtype), value=-magnitude * math.sqrt(scale))
+        return
+    residual = group["residual"]
+    E = None if residual == "none" else _residual(G, R, basis, side)
+    apply_back_(p, D, basis, side, alpha=-step * scale, beta=decay)
+    if E is None:
+        return
+    if residual == "fira":
+        E.mul_(norm_ratio(D, R, side, "channel").to(E.dtype))
+        if gamma is not None:
+            E.div_(_limit(state, torch.linalg.vector_norm(E), units, gamma, first).to(E.dtype))
+        p.add_(E, alpha=-magnitude)
+        return
+    if residual == "sign":
+        E.sign_()
+    p.add_(E, alpha=-lr * scale * group["residual_scale"])
+

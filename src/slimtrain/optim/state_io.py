@@ -1,0 +1,106 @@
+"""Optimizer-state memory (planned from shapes and measured) and checkpoints (tensor-only, versioned).
+
+Mixed into ``PipelineOptimizer``; relies on its ``_plans`` and the group keys of ``groups.py``.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import basis_store, lowbit, refresh
+from .subspace import projected_shape
+
+STATE_FORMAT = 1
+_COUNTER = 4  # float32 step counters
+
+
+def _elem_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class StateIO:
+    def _group_of(self) -> dict[Tensor, dict[str, Any]]:
+        return {p: g for g in self.param_groups for p in g["params"]}
+
+    def planned_state_bytes(self) -> dict[str, int]:
+        """Optimizer-state bytes this optimizer will hold once every parameter has stepped,
+        from shapes alone (works on meta tensors): {"states": …, "projectors": …}."""
+        states = projectors = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                plan = self._plans[p]
+                shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else p.shape
+                states += lowbit.moment_bytes(lowbit.layout(group, plan.rule, p, tuple(shape)))
+                if plan.projected:
+                    states += 2 * _COUNTER + refresh.lazy_bytes(group)
+                    if group["limiter"] is not None:
+                        states += _elem_bytes(torch.promote_types(p.dtype, torch.float32))
+                    projectors += basis_store.planned_bytes(p.shape, plan.rank, plan.side, group)
+                else:
+                    states += _COUNTER
+        return {"states": states, "projectors": projectors}
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of the tensors actually held in the optimizer state: {"states", "projectors"}."""
+        states = projectors = 0
+        for st in self.state.values():
+            for key, value in st.items():
+                if isinstance(value, Tensor):
+                    if key in basis_store.BASIS_KEYS:
+                        projectors += value.nbytes
+                    else:
+                        states += value.nbytes
+        return {"states": states, "projectors": projectors}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["format_version"] = STATE_FORMAT
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("format_version")
+        if version is None:
+            raise ValueError("this optimizer state was not written by slimtrain (no 'format_version'); "
+                             "load a state saved from a slimtrain optimizer, or start fresh")
+        if version > STATE_FORMAT:
+            raise ValueError(f"optimizer state format {version} is newer than this slimtrain "
+                             f"understands ({STATE_FORMAT}); upgrade slimtrain")
+        saved_state = state_dict["state"]
+        saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
+        # torch's loader would cast every state tensor to the parameter's dtype (uint8 codes and
+        # bf16 moments would come back float32): let it restore the groups only, then copy the
+        # state ourselves, keeping dtypes and never sharing tensors with the source dict.
+        super().load_state_dict({**state_dict, "state": {}})
+        groups = self._group_of()
+        for param_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
+            if param_id not in saved_state:
+                continue
+            restored = {}
+            for key, value in saved_state[param_id].items():
+                if isinstance(value, Tensor):
+                    on_cpu = key.endswith("step") or key == "seed" or key.startswith(("refresh_", "next_"))
+                    value = value.detach().to(device="cpu" if on_cpu else p.device, copy=True)
+                restored[key] = value
+            self._check_restored(p, groups[p], restored)
+            self.state[p] = restored
+
+    def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        plan = self._plans[p]
+        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
+        expected = lowbit.stored_shapes(lowbit.layout(group, plan.rule, p, shape))
+        if plan.projected:
+            expected.update(basis_store.expected_shapes(p.shape, plan.rank, plan.side, group))
+        for key, shape in expected.items():
+            got = state.get(key)
+            if got is None or tuple(got.shape) != tuple(shape):
+                found = None if got is None else tuple(got.shape)
+                raise ValueError(
+                    f"optimizer state of {plan.name!r} has {key} of shape {found}, expected {shape}: "
+                    "the checkpoint was saved for a different model, rank, rule, projection side "
+                    "or state_bits"
+                )

@@ -1,0 +1,119 @@
+"""A projected parameter's subspace over time: first allocation, refreshes, moment switches.
+
+State keys of a projected parameter (all tensors): ``step`` and ``moment_step`` (float32 CPU
+scalars; the rule's counter restarts when the moments are reset), the rule's moments, the basis as
+``basis_store.py`` keeps it, ``limiter_norm`` when a limiter is on, and the lazy-refresh counters
+(``refresh.py``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._warnings import warn
+from . import basis_store, lowbit, refresh
+from .groups import ParamPlan
+from .rules import RULES
+from .selectors import GRADIENT_SELECTORS, random_orthonormal_basis, select_basis
+from .subspace import projected_shape, reproject_moments_
+
+
+def seed_for(name: str, step: int) -> int:
+    """Seed of a refresh: from the parameter's *name* and the step, so bases are reproducible and
+    resume-safe without touching the global RNG, whatever the parameter order."""
+    return zlib.crc32(name.encode()) * 1_000_003 + step
+
+
+def current_basis(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict) -> Tensor:
+    return basis_store.load(state, p.shape, plan.rank, plan.side, group, p.device)
+
+
+def _first_state(opt, group, p: Tensor, plan: ParamPlan, state: dict, off: int) -> None:
+    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
+    opt._init_moments(state, plan.rule, projected_shape(p.shape, plan.rank, plan.side), p, group)
+    if group["limiter"] is not None:
+        # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
+        state["limiter_norm"] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
+                                            device=p.device)
+    if group["refresh"] == "lazy":
+        refresh.lazy_init(state, group, off)
+
+
+def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | None,
+            basis: Tensor | None) -> None:
+    """Apply the switch policy to the moments at a basis change."""
+    rule = RULES[plan.rule]
+    layout = lowbit.layout(group, plan.rule, p, projected_shape(p.shape, plan.rank, plan.side))
+    if group["switch"] == "reset":
+        for key in lowbit.stored_shapes(layout):  # zero codes with zero scales are zero moments
+            state[key].zero_()
+        state["moment_step"].zero_()
+    elif group["switch"] == "reproject":
+        moments = rule.reprojectable
+        first = next(k for k, v in moments.items() if v == "first")
+        second = next((k for k, v in moments.items() if v == "second"), None)
+        # Low-bit moments are carried in float32 and requantized; others in place.
+        m = lowbit.load_moment(state, first, *layout[first], dtype=None)
+        v = m.new_zeros(m.shape) if second is None else lowbit.load_moment(
+            state, second, *layout[second], dtype=None)
+        reproject_moments_(m, v, previous, basis, plan.side)
+        for key, value in ((first, m), (second, v)):
+            if key is not None:
+                lowbit.store_moment_(state, key, layout[key][0], value)
+
+
+def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
+                  ) -> Tensor | None:
+    """Recompute the basis when due; returns the gradient projected on the new basis when the
+    selector produced it as a by-product, else None."""
+    off = refresh.offset(group, plan.index, plan.count)
+    first = not state
+    step = 0 if first else int(state["step"].item())
+    if first:
+        _first_state(opt, group, p, plan, state, off)
+    elif not refresh.due(group, state, step, off):
+        return None
+    seed = seed_for(plan.name, step)
+    method = group["basis"]
+    if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset
+        basis_store.store(state, None, group, seed=seed)
+        if not first and group["switch"] == "reset":
+            _switch(group, p, plan, state, None, None)
+        return None
+    previous = None if first else current_basis(group, p, plan, state)
+    generator = torch.Generator().manual_seed(seed)
+    projected = None
+    try:
+        basis, projected = select_basis(
+            p.grad, plan.rank, plan.side, method, previous=previous,
+            power_iters=group["power_iters"], oversample=group["oversample"], generator=generator,
+            refresh_index=refresh.refresh_index(group, step, off))
+        if not torch.isfinite(basis).all():
+            raise torch.linalg.LinAlgError("non-finite basis")
+    except torch.linalg.LinAlgError as err:
+        if previous is not None:
+            warn(f"subspace refresh of {plan.name} failed ({err}); keeping the previous basis")
+            if group["refresh"] == "lazy":
+                refresh.lazy_after_refresh(state, group, step, None)
+            return None
+        warn(f"subspace refresh of {plan.name} failed ({err}); starting from a random "
+             "orthonormal basis")
+        basis = random_orthonormal_basis(p.shape, plan.rank, plan.side, generator, p.device)
+        projected = None
+    if method not in GRADIENT_SELECTORS:
+        projected = None
+    basis_store.store(state, basis, group)
+    if basis_store.storage(group) == "packed":
+        basis = current_basis(group, p, plan, state)  # project with what is stored
+        projected = None
+    if previous is not None:
+        _switch(group, p, plan, state, previous, basis)
+    if group["refresh"] == "lazy":
+        sim = None if previous is None else refresh.similarity(basis, previous, plan.side)
+        refresh.lazy_after_refresh(state, group, step, sim)
+    return projected
