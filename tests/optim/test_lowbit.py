@@ -1,5 +1,5 @@
-"""Low-bit optimizer states (optim/lowbit.py): layout and bytes, the one-pass kernel (compiled and
-eager agree bit for bit), accuracy against fp32 Adam, stochastic rounding."""
+"""Low-bit optimizer states (optim/lowbit.py, lowbit_kernel.py): layout and bytes, the one-pass
+kernel (compiled and eager agree bit for bit), accuracy against fp32 Adam, stochastic rounding."""
 
 import functools
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim import lowbit
+from slimtrain.optim import lowbit_kernel
 
 from ..helpers import quiet, stdlib_bytes, tiny_llama
 
@@ -89,12 +89,12 @@ def test_compiled_kernel_equals_eager_reference(case, monkeypatch):
     """The same function runs eagerly (fused=False) and compiled; chunk boundaries change nothing."""
     results = []
     for fused, chunk in ((False, 1 << 20), (None, 1 << 20), (None, 512)):
-        monkeypatch.setattr(lowbit, "_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(lowbit_kernel, "_CHUNK_ELEMENTS", chunk)
         params = case_params(case)
         opt = build(case, params, fused=fused)
         steps(opt, params, 4)
         results.append((params, opt))
-    assert not lowbit.compile_failed and lowbit._COMPILED, "the compiled path did not run"
+    assert not lowbit_kernel.compile_failed and lowbit_kernel._COMPILED, "the compiled path did not run"
     (ref, ref_opt), *others = results
     for params, opt in others:
         for (name, p), (_, q) in zip(params, ref):
@@ -194,11 +194,11 @@ def test_lowbit_trains_like_fp32(ours, reference, tolerance):
 def test_stochastic_rounding_is_unbiased_and_reproducible():
     x = torch.full((200_000,), 1.0 + 0.3 * 2**-7)  # 30% of the way from 1 to the next bf16
     seed = torch.tensor([12345, 0])
-    rounded = lowbit.stochastic_round_bf16(x, seed)
+    rounded = lowbit_kernel.stochastic_round_bf16(x, seed)
     assert set(rounded.float().unique().tolist()) == {1.0, 1.0 + 2**-7}
     frac_up = (rounded.float() > 1.0).double().mean().item()
     assert abs(frac_up - 0.3) < 4 * math.sqrt(0.3 * 0.7 / x.numel())
-    assert torch.equal(rounded, lowbit.stochastic_round_bf16(x, seed))
+    assert torch.equal(rounded, lowbit_kernel.stochastic_round_bf16(x, seed))
 
 
 def test_stochastic_rounding_keeps_updates_below_half_an_ulp():
