@@ -37,6 +37,15 @@ class AdamW(PipelineOptimizer):
         super().__init__(build_param_groups(model_or_params, projection=None), defaults)
 
 
+
+def _adamw_signature(state_bits: int) -> inspect.Signature:
+    """AdamW's signature with another default ``state_bits``: what the low-bit AdamWs accept (the
+    memory planner reads recipe signatures)."""
+    sig = inspect.signature(AdamW)
+    return sig.replace(parameters=[p.replace(default=state_bits) if p.name == "state_bits" else p
+                                   for p in sig.parameters.values()])
+
+
 class AdamW8bit(AdamW):
     r"""AdamW with 8-bit block-wise quantized moments (Dettmers et al., "8-bit Optimizers via
     Block-wise Quantization", ICLR 2022): blocks of 256, absmax per block, dynamic tree map (signed
@@ -46,34 +55,28 @@ class AdamW8bit(AdamW):
 
     state_formula = ("numel ≥ 4096: 2·(numel + 4·⌈numel/256⌉) bytes; smaller: 2·numel fp32 "
                      "moments; + one fp32 step counter per parameter")
+    default_state_bits = 8
 
-    def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True, state_bits: int | None = 8,
-                 quantize_min_numel: int = 4096, stochastic_rounding: bool = False):
-        AdamW.__init__(self, model_or_params, lr, betas, eps, weight_decay, eps_mode=eps_mode,
-                       foreach=foreach, fused=fused, check_finite=check_finite,
-                       state_bits=state_bits, quantize_min_numel=quantize_min_numel,
-                       stochastic_rounding=stochastic_rounding)
+    def __init__(self, model_or_params, *args, **kwargs):
+        kwargs.setdefault("state_bits", self.default_state_bits)
+        super().__init__(model_or_params, *args, **kwargs)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _adamw_signature(cls.default_state_bits)
 
 
-class AdamW4bit(AdamW):
+class AdamW4bit(AdamW8bit):
     r"""AdamW with 4-bit block-wise quantized moments (Li et al., "Memory Efficient Optimizers with
     4-bit States", NeurIPS 2023; blocks of 128 as torchao): M with the signed dynamic tree map, V
     with a linear map without zero (a zero V code would divide by eps). Two codes per byte."""
 
     state_formula = ("numel ≥ 4096: 2·(⌈numel/2⌉ + 4·⌈numel/128⌉) bytes; smaller: 2·numel fp32 "
                      "moments; + one fp32 step counter per parameter")
+    default_state_bits = 4
 
-    def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True, state_bits: int | None = 4,
-                 quantize_min_numel: int = 4096, stochastic_rounding: bool = False):
-        AdamW.__init__(self, model_or_params, lr, betas, eps, weight_decay, eps_mode=eps_mode,
-                       foreach=foreach, fused=fused, check_finite=check_finite,
-                       state_bits=state_bits, quantize_min_numel=quantize_min_numel,
-                       stochastic_rounding=stochastic_rounding)
 
+AdamW8bit.__signature__ = _adamw_signature(8)
 
 class ProjectedRecipe(PipelineOptimizer):
     """Base of the recipes that project their target matrices.
