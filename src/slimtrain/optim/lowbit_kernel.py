@@ -90,15 +90,12 @@ def seed_key(name: str, step: Tensor) -> int:
     return (zlib.crc32(name.encode()) * 1_000_003 + int(step.item())) & 0xFFFFFFFF
 
 
-def _block_step(target, grad, m_parts, v_parts, hp, seed, cfg: _Config, valid: int | None = None):
+def _block_step(target, grad, m_parts, v_parts, hp, seed, cfg: _Config):
     """One Adam step on (rows × block) views; returns (new target or direction, *m parts, *v parts).
     ``hp`` = adam_elementwise's six values, then weight-decay factor and step size (−lr/bc1)."""
     m = _load(m_parts, cfg.m, cfg.compute)
     v = _load(v_parts, cfg.v, cfg.compute)
     m, v, direction = adam_elementwise(grad.to(cfg.compute), m, v, hp[:6])
-    if valid is not None:  # a zero-padded tail block: padding must not count in the block's absmax
-        keep = torch.arange(m.shape[1], device=m.device) < valid
-        m, v = torch.where(keep, m, 0.0), torch.where(keep, v, 0.0)
     if cfg.param is None:
         out = direction
     else:
@@ -213,11 +210,13 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
             dst.copy_(src)
     tail = numel - rows * B
     if tail:
+        # The partial last block, zero-padded. Padding cannot raise the block's absmax: it starts
+        # as code 0 (value 0, or a V of at most absmax/16) with a zero gradient, so it only decays
+        # while the block's largest real V decays no faster. Only real elements are copied back.
         seed = torch.tensor([key, rows * B], dtype=torch.int64, device=x.device)
         m_in, v_in = _padded_row(m_tail, cfg.m, B), _padded_row(v_tail, cfg.v, B)
         result = _block_step(None if target is None else _pad(out_tail, B).view(1, B),
-                             _pad(grad_tail, B).view(1, B), m_in, v_in, hp_t, seed, cfg=cfg,
-                             valid=tail)
+                             _pad(grad_tail, B).view(1, B), m_in, v_in, hp_t, seed, cfg=cfg)
         for dst, src in zip((out_tail, *m_tail, *v_tail), result):
             dst.copy_(src.reshape(-1)[:dst.numel()])
     if target is None:
