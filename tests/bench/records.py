@@ -6,9 +6,9 @@ MIB = 2**20
 
 
 def trial(method, lr, seed, ppl, *, stage="sweep", status="ok", name=None, kind="slimtrain", group=None,
-          reference_of=None, grid=(5e-3, 1e-2, 2e-2), state_mib=10.0, tokens_per_s=5000.0, step_ms=3.0):
+          reference_of=None, center=1e-2, state_mib=10.0, tokens_per_s=5000.0, step_ms=3.0):
     record = dict(method=method, name=name or method.split(":")[0], label=f"label of {method}", kind=kind,
-                  group=group or method, reference_of=reference_of, grid=list(grid), stage=stage, lr=lr,
+                  group=group or method, reference_of=reference_of, center=center, stage=stage, lr=lr,
                   seed=seed, status=status, error=None if status == "ok" else f"it {status}",
                   wall_seconds=100.0, reused=False, run_dir=f"runs/{method}/lr-{lr:g}-seed-{seed}",
                   curve=[[1000, 7.0], [2000, math.log(ppl) if ppl else 7.0]])
@@ -21,15 +21,16 @@ def trial(method, lr, seed, ppl, *, stage="sweep", status="ok", name=None, kind=
 
 
 def method(name, ppls, best_lr, seed_ppl, **kw):
-    """A method's sweep (lr → ppl at seed 0, or a status string) and its best lr at seed 1."""
-    grid = tuple(ppls)
-    records = [trial(name, lr, 0, p if not isinstance(p, str) else None, grid=grid,
+    """A method's sweep (lr → ppl at seed 0, or a status string, in the order tried; the first is
+    the centre) and its best lr at seed 1."""
+    center = next(iter(ppls))
+    records = [trial(name, lr, 0, p if not isinstance(p, str) else None, center=center,
                      status="ok" if not isinstance(p, str) else p, **kw) for lr, p in ppls.items()]
     if best_lr is not None:
-        records.append(trial(name, best_lr, 1, seed_ppl, stage="seed", grid=grid, **kw))
+        records.append(trial(name, best_lr, 1, seed_ppl, stage="seed", center=center, **kw))
     return records
 
 
 def skipped(name, reason, **kw):
     return dict(method=name, name=name, label=f"label of {name}", kind=kw.get("kind", "peer"), group=name,
-                reference_of=kw.get("reference_of"), grid=[1e-2], status="skipped", error=reason)
+                reference_of=kw.get("reference_of"), center=1e-2, status="skipped", error=reason)

@@ -1,9 +1,9 @@
-"""Benchmark settings, method specs and learning-rate grids."""
+"""Benchmark settings and method specs."""
 
 import pytest
 
 from slimtrain.bench.cli import DEFAULT_METHODS, expand_methods
-from slimtrain.bench.spec import BenchSettings, MethodSpec, ladder, lr_grid, parse_method
+from slimtrain.bench.spec import BenchSettings, MethodSpec, parse_method
 from slimtrain.errors import UserError
 
 
@@ -20,28 +20,6 @@ def test_method_specs_parse_typed_options_in_a_stable_order():
 def test_malformed_specs_are_user_errors(text):
     with pytest.raises(UserError, match="--methods"):
         parse_method(text)
-
-
-def test_the_ladder_is_one_two_five():
-    assert ladder(1e-3, 1e-1) == [1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
-
-
-@pytest.mark.parametrize("center,trials,grid", [
-    (1e-2, 3, [5e-3, 1e-2, 2e-2]),
-    (3e-3, 3, [1e-3, 2e-3, 5e-3]),   # snapped to the nearest rung (2e-3), then its neighbours
-    (1e-2, 2, [1e-2, 2e-2]),          # an even count: the extra trial lies above
-    (1e-2, 1, [1e-2]),
-    (1e-3, 5, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]),
-])
-def test_lr_grid(center, trials, grid):
-    assert lr_grid(center, trials) == grid
-
-
-def test_lr_grid_rejects_nonsense():
-    with pytest.raises(UserError, match="positive"):
-        lr_grid(0.0, 3)
-    with pytest.raises(UserError, match="too far out"):
-        lr_grid(10.0, 5)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -98,7 +98,7 @@ def test_a_recipe_behind_its_reference_fails_the_target():
 def test_the_sweep_table_marks_the_chosen_lr():
     lines = sweep_table(summarize(bench_records()))
     galore = next(line for line in lines if line.startswith("| galore-adamw "))
-    assert "**0.01: 140.00**" in galore and "0.02: diverged" in galore
+    assert "**lr 0.01: 140.00**" in galore and "lr 0.02: diverged" in galore
     assert not any("bnb-adamw8bit" in line for line in lines)
 
 

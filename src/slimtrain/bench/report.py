@@ -57,7 +57,7 @@ def _vs_adamw(row: Row, base: Row | None) -> str:
 def results_table(rows: list[Row], adamw_state: int) -> list[str]:
     base = adamw_row(rows)
     speed = next((r for r in rows if r.ok and r.name == "adamw"), None)
-    lines = ["| method | lr (edge: best at the end of its range) | val ppl (mean) | per seed | vs AdamW "
+    lines = ["| method | lr (edge: the best trial was the smallest or largest lr tried) | val ppl (mean) | per seed | vs AdamW "
              "| optimizer state MiB | × AdamW | peak RSS MiB | tokens/s | × AdamW | optimizer ms/step "
              "| × AdamW | wall s/trial |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -116,18 +116,19 @@ def targets(rows: list[Row], adamw_state: int) -> list[str]:
 
 
 def sweep_table(rows: list[Row]) -> list[str]:
-    width = max((len(r.grid) for r in rows), default=0)
-    lines = ["| method | " + " | ".join(f"trial {i + 1}" for i in range(width)) + " |",
-             "|---|" + "---|" * width]
+    """Each method's trials in the order the sweep walked, the chosen one in bold."""
+    width = max((len(r.sweep) for r in rows), default=0)
+    lines = ["| method | centre | " + " | ".join(f"trial {i + 1}" for i in range(width)) + " |",
+             "|---|---:|" + "---|" * width]
     for r in rows:
         if r.status == "skipped":
             continue
         cells = []
-        for lr in r.grid:
-            value = r.sweep.get(lr, "–")
-            text = f"{value:.2f}" if isinstance(value, float) else str(value)
-            cells.append(f"**{lr:g}: {text}**" if lr == r.lr else f"{lr:g}: {text}")
-        lines.append(f"| {r.method} | " + " | ".join(cells) + " |")
+        for lr, value in r.sweep.items():
+            text = f"lr {lr:g}: {value:.2f}" if isinstance(value, float) else f"lr {lr:g}: {value}"
+            cells.append(f"**{text}**" if lr == r.lr else text)
+        cells += [""] * (width - len(cells))
+        lines.append(f"| {r.method} | {r.center:g} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -156,11 +157,16 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         f"- **Work**: model `{s['model']}` ({meta['params'] / 1e6:.2f}M parameters), "
         f"{meta['data']}; {meta['steps']} steps × {s['batch_size']} × {s['seq_len']} tokens = "
         f"{meta['steps'] * s['batch_size'] * s['seq_len']:,} training tokens per trial, {s['precision']}, "
-        f"warmup 10% then cosine to 10%, weight decay {s['weight_decay']:g} for every method; validation "
-        f"perplexity on the same {s['eval_batches'] * s['batch_size']} held-out blocks at the end.",
-        f"- **Tuning**: {s['trials']} learning rates per method (the 1-2-5 ladder around its centre), "
-        f"seed {s['seeds'][0]}; the best lr again with seed(s) {', '.join(map(str, s['seeds'][1:])) or '–'}. "
-        f"Same data order and initial weights for every method at a given seed.",
+        f"warmup 10% then cosine to 10%, weight decay {s['weight_decay']:g} for every method; projection "
+        f"rank {s.get('rank') or 'each method’s own, capped at hidden/4'} and subspace refresh every "
+        f"{s.get('refresh_every') or 'method’s own number of'} steps for slimtrain's recipes and the "
+        f"packages alike; validation perplexity on the same {s['eval_batches'] * s['batch_size']} held-out "
+        f"blocks of {s['seq_len']} tokens at the end.",
+        f"- **Tuning**: {s['trials']} learning rates per method at seed {s['seeds'][0]}: a walk on the ladder "
+        f"1, 2, 5 × 10ᵏ from the method's centre (its authors' lr), each next trial the untried rung "
+        f"nearest the best so far; then the best lr again with seed(s) "
+        f"{', '.join(map(str, s['seeds'][1:])) or '–'}. Same data order and initial weights for every "
+        f"method at a given seed.",
         f"- **Machine**: {m['cpu']}, {m['cores']} cores{memory}, {m['system']}"
         f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; {s['threads']} thread(s) per trial, "
         f"{s['jobs']} trial(s) at a time; load average {load.get('start')} at the start, "
@@ -176,7 +182,8 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         "over the method's trials, × slimtrain adamw's.", "",
         *results_table(rows, meta["adamw_state_bytes"]), "",
         "## Targets", "", *targets(rows, meta["adamw_state_bytes"]), "",
-        "## Learning-rate sweep (validation perplexity, seed " f"{s['seeds'][0]}; bold: chosen)", "",
+        f"## Learning-rate sweep (validation perplexity at seed {s['seeds'][0]}, in the order tried; bold: "
+        "chosen)", "",
         *sweep_table(rows), "",
         "## Memory by part (tensor bytes of the chosen trial)", "", *memory_table(rows), "",
         "Plots: `loss_vs_tokens.png` (validation loss against training tokens, chosen lr, first seed), "

@@ -22,40 +22,30 @@ from rich.console import Console
 
 from ..errors import UserError
 from . import methods as registry
-from .spec import BenchSettings, MethodSpec, lr_grid
-from .trials import (JOB_FILE, Trial, best_lr, final_loss, finished, method_dir, recipe_kwargs,
-                     trial_spec)
+from .spec import BenchSettings, MethodSpec
+from .sweep import snap
+from .trials import JOB_FILE, Trial, finished, method_dir, method_trials, recipe_kwargs, trial_spec
 
 
 @dataclass
 class Entry:
-    """A method of the benchmark, resolved: its spec, what it is, and its learning rates."""
+    """A method of the benchmark, resolved: its spec, what it is, and the centre of its sweep."""
 
     spec: MethodSpec
     method: registry.Method
-    grid: list[float]
+    center: float
     skipped: str | None = None  # why it cannot run here
 
     def describe(self) -> dict[str, Any]:
         return dict(method=self.spec.text, name=self.method.name, label=self.method.label,
                     kind=self.method.kind, group=registry.group(self.spec),
-                    reference_of=self.method.reference_of, grid=self.grid)
+                    reference_of=self.method.reference_of, center=self.center)
 
     def trials(self, settings: BenchSettings, out: Path) -> list[tuple[Trial, dict | None]]:
-        """(trial, its result or None) for the trials known so far: the sweep, and once the sweep
-        has finished, the best lr at the other seeds."""
-        first, others = settings.seeds[0], settings.seeds[1:]
-        sweep = [Trial(self.spec, lr, first, "sweep") for lr in self.grid]
-        known = [(t, self.result(t, settings, out)) for t in sweep]
-        if all(r is not None for _, r in known):
-            best = best_lr({t.lr: final_loss(r) for t, r in known})
-            if best is not None:
-                repeats = [Trial(self.spec, best, seed, "seed") for seed in others]
-                known += [(t, self.result(t, settings, out)) for t in repeats]
-        return known
-
-    def result(self, trial: Trial, settings: BenchSettings, out: Path) -> dict | None:
-        return finished(trial.run_dir(out), trial_spec(trial, settings, out, self.method.build is None))
+        """(trial, its result) for the trials known so far, up to the first unfinished one."""
+        is_recipe = self.method.build is None
+        return method_trials(self.spec, self.center, settings, lambda t: finished(
+            t.run_dir(out), trial_spec(t, settings, out, is_recipe)))
 
 
 def resolve(settings: BenchSettings) -> list[Entry]:
@@ -65,10 +55,10 @@ def resolve(settings: BenchSettings) -> list[Entry]:
     for spec in settings.specs():
         method = registry.get(spec.name)
         registry.check_options(spec, method)
-        grid = lr_grid(registry.center_lr(spec, method), settings.trials)
+        center = snap(registry.center_lr(spec, method))
         if method.build is None:
             _check_recipe(spec, settings)
-        entries.append(Entry(spec, method, grid, skipped=method.unavailable()))
+        entries.append(Entry(spec, method, center, skipped=method.unavailable()))
     return entries
 
 
@@ -141,7 +131,7 @@ def _say(console: Console, trial: Trial, result: dict, count: str) -> None:
 def _launch(entry: Entry, settings: BenchSettings, out: Path) -> tuple[subprocess.Popen, Any]:
     folder = method_dir(out, entry.spec)
     folder.mkdir(parents=True, exist_ok=True)
-    job = dict(settings=asdict(settings), method=entry.spec.text, grid=entry.grid, out=str(out))
+    job = dict(settings=asdict(settings), method=entry.spec.text, center=entry.center, out=str(out))
     (folder / JOB_FILE).write_text(json.dumps(job, indent=1))
     log = open(folder / "log.txt", "a")
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), PYTHONUNBUFFERED="1")
@@ -213,7 +203,7 @@ def run_bench(settings: BenchSettings, out: Path, console: Console) -> list[dict
             console.print(f"skipping {e.spec.text}: {e.skipped}")
     runnable = [e for e in entries if not e.skipped]
     others = settings.seeds[1:]
-    console.print(f"{len(runnable)} methods × {settings.trials} learning rates (seed {settings.seeds[0]}), "
+    console.print(f"{len(runnable)} methods × a sweep of {settings.trials} learning rates (seed {settings.seeds[0]}), "
                   f"then each one's best lr with seed(s) {', '.join(map(str, others)) or '(none)'}: "
                   f"{settings.steps} steps of {settings.batch_size} × {settings.seq_len} tokens per trial; "
                   f"one process per method, {settings.jobs} at a time")

@@ -1,11 +1,4 @@
-"""What a benchmark is: its settings, the methods it compares (``name:key=value:…``), and the
-learning rates each method tries.
-
-Every method tries the same number of learning rates (``trials``): the values of one ladder
-(1, 2, 5 × 10ᵏ — steps of ~2.2×) nearest its centre, the lr its authors recommend. The same ladder
-for everyone means no method is tuned more finely than another; the trial at each end of a
-method's range is flagged in the report when it wins (the optimum may lie beyond it).
-"""
+"""What a benchmark is: its settings and the methods it compares (``name:key=value:…``)."""
 
 from __future__ import annotations
 
@@ -17,14 +10,12 @@ import yaml
 
 from ..errors import UserError
 
-LADDER_MANTISSAS = (1.0, 2.0, 5.0)
-
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One method of a benchmark: a name from ``methods.available()`` plus options
     (``apollo-mini:rest=adafactor`` → name ``apollo-mini``, options ``{"rest": "adafactor"}``).
-    ``lr`` among the options moves the centre of the method's learning-rate range."""
+    ``lr`` among the options moves the centre of the method's learning-rate sweep."""
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
@@ -69,31 +60,6 @@ def parse_method(text: str) -> MethodSpec:
                             "apollo-mini:rest=adafactor")
         options[key.strip()] = typed(value)
     return MethodSpec(name.lower(), tuple(sorted(options.items())))
-
-
-def ladder(low: float = 1e-6, high: float = 10.0) -> list[float]:
-    """1, 2, 5 × 10ᵏ between ``low`` and ``high``, rounded so they print and compare cleanly."""
-    values = []
-    for exp in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
-        for m in LADDER_MANTISSAS:
-            v = float(f"{m}e{exp}")
-            if low <= v <= high:
-                values.append(v)
-    return values
-
-
-def lr_grid(center: float, trials: int) -> list[float]:
-    """``trials`` ladder values around ``center`` (snapped to the nearest rung); with an even count
-    the extra one lies above."""
-    if not (center > 0 and math.isfinite(center)):
-        raise UserError(f"a learning rate must be a positive number, got {center}")
-    rungs = ladder()
-    i = min(range(len(rungs)), key=lambda k: abs(math.log(rungs[k] / center)))
-    start = i - (trials - 1) // 2
-    if start < 0 or start + trials > len(rungs):
-        raise UserError(f"learning rate {center:g} is too far out for {trials} trials; choose an lr "
-                        f"between {rungs[trials]:g} and {rungs[-trials]:g}")
-    return rungs[start:start + trials]
 
 
 @dataclass

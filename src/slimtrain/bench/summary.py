@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from .trials import best_lr
+from .sweep import best_lr
 
 # The full-precision AdamW rows; the strongest of them is "AdamW" in every comparison.
 ADAMW_BASELINES = ("adamw", "adamw-pergroup", "torch-adamw")
@@ -26,12 +26,13 @@ class Row:
     kind: str
     group: str
     reference_of: str | None
-    grid: list[float]
+    center: float                 # the sweep's first lr
     status: str = "ok"            # ok, skipped, failed, diverged
     note: str | None = None       # why not ok; or what went wrong with one seed
     lr: float | None = None
     ppl: dict[int, float] = field(default_factory=dict)   # seed → validation perplexity at ``lr``
-    sweep: dict[float, Any] = field(default_factory=dict)  # lr → first seed's perplexity, or a status
+    sweep: dict[float, Any] = field(default_factory=dict)  # lr → first seed's perplexity, or a status,
+    #                                                         in the order the sweep tried them
     state_bytes: int = 0
     weight_bytes: int = 0
     gradient_bytes: int = 0
@@ -56,8 +57,8 @@ class Row:
 
     @property
     def edge(self) -> bool:
-        """The chosen lr is the end of the range: the optimum may lie beyond it."""
-        return self.lr is not None and len(self.grid) > 1 and self.lr in (self.grid[0], self.grid[-1])
+        """The chosen lr is the smallest or largest tried: the optimum may lie beyond it."""
+        return self.lr is not None and len(self.sweep) > 1 and self.lr in (min(self.sweep), max(self.sweep))
 
 
 def summarize(records: list[dict]) -> list[Row]:
@@ -68,7 +69,7 @@ def summarize(records: list[dict]) -> list[Row]:
 
 def _row(records: list[dict]) -> Row:
     first = records[0]
-    row = Row(**{k: first[k] for k in ("method", "name", "label", "kind", "group", "reference_of", "grid")})
+    row = Row(**{k: first[k] for k in ("method", "name", "label", "kind", "group", "reference_of", "center")})
     if first["status"] == "skipped":
         row.status, row.note = "skipped", first["error"]
         return row

@@ -1,17 +1,18 @@
 """Trials — one method at one learning rate and seed — and what both the runner (parent process)
 and the worker (one process per method) need to agree on: where a trial lives, what its
-``spec.json`` says, when a finished one can be reused, and how the best lr is chosen.
+``spec.json`` says, when a finished one can be reused, and which trials a method runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .spec import BenchSettings, MethodSpec
+from .sweep import best_lr, next_lr
 
 SPEC_FILE = "spec.json"      # a trial's settings, written before it runs
 RESULT_FILE = "result.json"  # its outcome, written (whole) when it ends
@@ -24,7 +25,7 @@ class Trial:
     spec: MethodSpec
     lr: float
     seed: int
-    stage: str  # "sweep" (the first seed, every lr of the grid) or "seed" (the best lr, another seed)
+    stage: str  # "sweep" (the first seed, the lrs of the sweep) or "seed" (the best lr, another seed)
 
     def run_dir(self, out: Path) -> Path:
         return method_dir(out, self.spec) / f"lr-{self.lr:g}-seed-{self.seed}"
@@ -79,8 +80,26 @@ def final_loss(result: dict[str, Any]) -> float | None:
     return result["summary"]["val_loss"] if result["status"] == "ok" else None
 
 
-def best_lr(losses: dict[float, float | None]) -> float | None:
-    """Of a sweep (lr → final validation loss, None when the trial did not finish), the lr with the
-    lowest loss (ties: the smaller lr); None when no trial finished."""
-    ok = [(loss, lr) for lr, loss in losses.items() if loss is not None and math.isfinite(loss)]
-    return min(ok)[1] if ok else None
+def method_trials(spec: MethodSpec, center: float, settings: BenchSettings,
+                  result_of: Callable[[Trial], dict | None]) -> list[tuple[Trial, dict | None]]:
+    """A method's trials in order with their results: the sweep at the first seed (``sweep.py``),
+    then the best lr at each other seed. ``result_of`` runs a trial (the worker) or looks its
+    result up (the runner: None while it has not finished, which ends the list there)."""
+    first, others = settings.seeds[0], settings.seeds[1:]
+    known: list[tuple[Trial, dict | None]] = []
+    tried: dict[float, float | None] = {}
+    while (lr := next_lr(tried, center, settings.trials)) is not None:
+        trial = Trial(spec, lr, first, "sweep")
+        result = result_of(trial)
+        known.append((trial, result))
+        if result is None:
+            return known
+        tried[lr] = final_loss(result)
+    best = best_lr(tried)
+    for seed in others if best is not None else ():
+        trial = Trial(spec, best, seed, "seed")
+        result = result_of(trial)
+        known.append((trial, result))
+        if result is None:
+            return known
+    return known

@@ -1,7 +1,8 @@
 """One method's trials in one process: ``python -m slimtrain.bench.worker METHOD_DIR``.
 
-Reads ``METHOD_DIR/job.json`` (written by the runner): the sweep at the first seed, then the best
-lr again with each other seed. Each trial trains with the trainer (``train.session.run`` — the loop
+Reads ``METHOD_DIR/job.json`` (written by the runner) and runs the method's trials
+(``trials.method_trials``): its learning-rate sweep at the first seed, then the best lr again with
+each other seed. Each trial trains with the trainer (``train.session.run`` — the loop
 of ``slimtrain pretrain``; other libraries' optimizers come in through its
 ``optimizer_factory``) and leaves ``spec.json`` and ``result.json`` (status ok / diverged / failed,
 the run's summary, its validation curve) in its own directory. A process per method gives each
@@ -23,8 +24,7 @@ from typing import Any
 
 from .methods import Method, get
 from .spec import BenchSettings, parse_method
-from .trials import (JOB_FILE, RESULT_FILE, SPEC_FILE, Trial, best_lr, final_loss, finished,
-                     trial_spec)
+from .trials import JOB_FILE, RESULT_FILE, SPEC_FILE, Trial, finished, method_trials, trial_spec
 
 
 def _factory(spec: dict[str, Any], method: Method):
@@ -95,12 +95,7 @@ def main(method_dir: Path) -> None:
     job = json.loads((method_dir / JOB_FILE).read_text())
     settings, spec, out = BenchSettings(**job["settings"]), parse_method(job["method"]), Path(job["out"])
     method = get(spec.name)
-    first, others = settings.seeds[0], settings.seeds[1:]
-    sweep = {lr: run_trial(Trial(spec, lr, first, "sweep"), settings, out, method) for lr in job["grid"]}
-    best = best_lr({lr: final_loss(r) for lr, r in sweep.items()})
-    if best is not None:
-        for seed in others:
-            run_trial(Trial(spec, best, seed, "seed"), settings, out, method)
+    method_trials(spec, job["center"], settings, lambda trial: run_trial(trial, settings, out, method))
 
 
 if __name__ == "__main__":
