@@ -19,7 +19,7 @@ def test_every_recipe_is_a_method_and_every_reference_names_a_recipe():
     assert set(optim.available()) <= set(methods.available())
     for peer in PEERS:
         if peer.reference_of:
-            assert peer.reference_of in optim.available(), peer.name
+            assert parse_method(peer.reference_of).name in optim.available(), peer.name
 
 
 def test_unknown_methods_suggest_the_nearest_names():
@@ -42,7 +42,8 @@ def test_bad_options_fail_before_anything_runs(spec, message):
 
 def test_a_missing_package_or_gpu_is_a_skip_not_an_error(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fira" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fira" else real(name, *a))
     entries = {e.spec.text: e for e in resolve(settings("fira-adamw", "adamw", "galore-torch-adamw8bit"))}
     assert entries["fira-adamw"].skipped == "fira is not installed (pip install fira)"
     assert entries["adamw"].skipped is None
@@ -61,3 +62,5 @@ def test_recipes_pair_with_their_reference_by_options():
     assert group("galore-torch-adamw:rank=16") == group("galore-adamw:rank=16:lr=0.02")
     assert group("galore-torch-adamw:rank=16") != group("galore-adamw")
     assert group("apollo-torch-mini") == "apollo-mini" != group("apollo-mini:rest=adafactor")
+    # galore-torch's GaLoreAdafactor trains every parameter with Adafactor
+    assert group("galore-torch-adafactor") == group("galore-adafactor:rest=adafactor:lr=0.02")

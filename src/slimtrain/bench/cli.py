@@ -14,26 +14,31 @@ from ..errors import UserError
 
 console = Console(soft_wrap=True, highlight=False)
 
-# The committed benchmark (benchmarks/side_by_side): every recipe with an installable reference
-# implementation next to it, the AdamW baselines, LoRA, and the rest of the family.
+# The committed benchmarks (benchmarks/side_by_side*): "default" is every recipe with an installable
+# reference implementation next to it, the AdamW baselines and the candidates for the memory target
+# (≤ 1/3 of AdamW's state); "family" is the rest of the family, LoRA and 4-bit states.
 DEFAULT_METHODS = (
-    "adamw", "adamw-pergroup", "torch-adamw", "galore-adamw", "galore-torch-adamw", "galore-adafactor",
-    "galore-torch-adafactor", "apollo", "apollo-torch", "apollo-mini", "apollo-torch-mini",
-    "apollo-mini:rest=adafactor", "fira", "fira-adamw", "frugal", "q-galore", "natural-galore",
-    "galore-lion", "lora", "torchao-adamw8bit", "bnb-adamw8bit")
+    "adamw", "torch-adamw", "adamw-pergroup", "galore-adamw", "galore-torch-adamw",
+    "galore-adafactor:rest=adafactor", "galore-torch-adafactor", "apollo", "apollo-torch", "apollo-mini",
+    "apollo-torch-mini", "apollo-mini:rest=adafactor", "fira", "fira-adamw", "adamw8bit",
+    "torchao-adamw8bit", "bnb-adamw8bit", "galore-adamw8bit", "galore-torch-adamw8bit")
+FAMILY_METHODS = (
+    "adamw", "adamw-pergroup", "frugal", "q-galore", "natural-galore", "galore-lion", "galore-adafactor",
+    "lora", "adamw4bit", "torchao-adamw4bit")
 # --quick: the whole pipeline (sweep, second seed, a peer adapter, report, plots) in about a minute.
 QUICK = dict(methods="adamw,galore-adamw,galore-torch-adamw", tokens=10_240, seq_len=64, batch_size=8,
              trials=2, seeds="0,1", evals=4, eval_batches=2, jobs=2)
 
 
 def expand_methods(text: str) -> list[str]:
-    """Method specs, with the keywords ``default``, ``slimtrain`` (every recipe), ``peers`` (every
-    other library and baseline) and ``all``."""
+    """Method specs, with the keywords ``default``, ``family`` (the two committed benchmarks),
+    ``slimtrain`` (every recipe), ``peers`` (every other library and baseline) and ``all``."""
     from .. import optim
     from .methods import available
 
-    keywords = {"default": list(DEFAULT_METHODS), "slimtrain": optim.available(),
-                "peers": [m for m in available() if m not in optim.available()], "all": available()}
+    keywords = {"default": list(DEFAULT_METHODS), "family": list(FAMILY_METHODS),
+                "slimtrain": optim.available(), "all": available(),
+                "peers": [m for m in available() if m not in optim.available()]}
     out: list[str] = []
     for item in (t.strip() for t in text.split(",")):
         for spec in keywords.get(item.lower(), [item] if item else []):
@@ -60,10 +65,10 @@ def _list_methods() -> None:
 
 
 def bench_command(
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (see --list), each NAME or "
-                                          "NAME:KEY=VALUE:… (e.g. apollo-mini:rest=adafactor; lr=X moves the "
-                                          "centre of its sweep); keywords: default, slimtrain, peers, all. "
-                                          "[default: default]"),
+    methods: Optional[str] = typer.Option(
+        None, help="Comma-separated methods (see --list), each NAME or NAME:KEY=VALUE:… (e.g. "
+        "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, "
+        "slimtrain, peers, all. [default: default]"),
     model: Optional[str] = typer.Option(None, help="Preset or local model directory. [default: tiny]"),
     data: Optional[str] = typer.Option(None, help="Corpus (as for pretrain). Default: the embedded corpus."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (as for pretrain)."),
@@ -91,7 +96,7 @@ def bench_command(
                                       "Default: runs/bench-<time>."),
     quick: bool = typer.Option(False, "--quick", help="A pipeline check in about a minute: 3 methods, "
                                "2 lrs, 2 seeds, 20 steps of 8 × 64 tokens (flags given still apply)."),
-    list_methods: bool = typer.Option(False, "--list", help="List the methods and whether they can run here."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods and whether they run here."),
 ) -> None:
     """Train methods side by side on the same work (model, data, seeds, token budget, number of
     learning rates tried) and write results.jsonl, results.md and plots."""
@@ -105,8 +110,8 @@ def bench_command(
             _list_methods()
             return
         given = dict(methods=methods, model=model, data=data, tokenizer=tokenizer, text_field=text_field,
-                     val_fraction=val_fraction, tokens=tokens, seq_len=seq_len, batch_size=batch_size, precision=precision,
-                     trials=trials, seeds=seeds, rank=rank, refresh_every=refresh_every,
+                     val_fraction=val_fraction, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                     precision=precision, trials=trials, seeds=seeds, rank=rank, refresh_every=refresh_every,
                      weight_decay=weight_decay, evals=evals, eval_batches=eval_batches, threads=threads,
                      jobs=jobs)
         values = {**(QUICK if quick else {}), **{k: v for k, v in given.items() if v is not None}}

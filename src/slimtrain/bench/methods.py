@@ -38,9 +38,9 @@ class Method:
     center_lr: float
     summary: str
     build: Build | None = None     # None: a registry recipe, trained as `slimtrain pretrain` trains it
-    options: frozenset[str] = frozenset()  # options a built method accepts (registry recipes: their signature)
+    options: frozenset[str] = frozenset()  # what a built method accepts (a recipe: its signature)
     default_rank: int | None = None  # the rank it projects / adapts with, before the hidden/4 cap
-    reference_of: str | None = None  # the slimtrain recipe this package is the reference implementation of
+    reference_of: str | None = None  # the recipe (spec) this package is the reference implementation of
     module: str | None = None        # the package it needs (import name) and how to install it
     pip: str | None = None
     needs_cuda: bool = False
@@ -119,10 +119,13 @@ def center_lr(spec: MethodSpec, method: Method) -> float:
 
 
 def group(spec: MethodSpec) -> str:
-    """The name reference implementations and recipes are paired by: a recipe is its own; a peer
-    names the recipe it implements; options must match (galore-adamw:rank=16 pairs with
-    galore-torch-adamw:rank=16)."""
+    """The name reference implementations and recipes are paired by: a recipe's spec without its
+    lr; for a package, the recipe configuration it implements (``reference_of``, e.g. galore-torch's
+    GaLoreAdafactor is ``galore-adafactor:rest=adafactor``: Adafactor for every parameter) with the
+    options given to it (galore-torch-adamw:rank=16 pairs with galore-adamw:rank=16)."""
+    from .spec import parse_method
+
     method = get(spec.name)
-    base = method.reference_of or method.name
-    rest = [f"{k}={v}" for k, v in spec.options if k != "lr"]
-    return ":".join([base] + rest)
+    base = parse_method(method.reference_of or method.name)
+    options = {**base.option_dict(), **{k: v for k, v in spec.options if k != "lr"}}
+    return MethodSpec(base.name, tuple(sorted(options.items()))).text

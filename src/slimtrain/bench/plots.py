@@ -36,7 +36,8 @@ def loss_vs_tokens(rows: list[Row], path: Path, title: str) -> None:
     for r in rows:
         if r.ok and r.curve:
             tokens, loss = zip(*r.curve)
-            ax.plot(tokens, loss, marker="o", ms=2.5, lw=1.2, label=f"{r.method} (lr {r.lr:g})", **styles[r.method])
+            ax.plot(tokens, loss, marker="o", ms=2.5, lw=1.2, label=f"{r.method} (lr {r.lr:g})",
+                    **styles[r.method])
             finals.append(loss[-1])
     if finals:  # zoom on where the methods separate: the last third of training
         values = [v for r in rows if r.ok for t, v in r.curve if t >= r.curve[-1][0] / 3]
@@ -81,8 +82,9 @@ def memory_breakdown(rows: list[Row], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(ok) + 1.6), dpi=110)
     names = [r.method for r in ok]
     left = [0.0] * len(ok)
-    for part, key, color in (("weights", "weight_bytes", "#4c72b0"), ("gradients", "gradient_bytes", "#dd8452"),
-                             ("optimizer states", "state_bytes", "#55a868")):
+    parts = (("weights", "weight_bytes", "#4c72b0"), ("gradients", "gradient_bytes", "#dd8452"),
+             ("optimizer states", "state_bytes", "#55a868"))
+    for part, key, color in parts:
         values = [getattr(r, key) / MIB for r in ok]
         ax.barh(names, values, left=left, label=part, color=color)
         left = [a + b for a, b in zip(left, values)]

@@ -50,16 +50,17 @@ def _vs_adamw(row: Row, base: Row | None) -> str:
     if row is base:
         return "AdamW baseline"
     c = compare(row, base)
-    text = {"worse": "AdamW better", "better": "better than AdamW", "within noise": "≈ AdamW (within noise)"}
+    text = {"worse": "AdamW better", "better": "better than AdamW",
+            "within noise": "≈ AdamW (within noise)"}
     return f"{_pct(c.delta)} ({text[c.verdict]})"
 
 
 def results_table(rows: list[Row], adamw_state: int) -> list[str]:
     base = adamw_row(rows)
     speed = next((r for r in rows if r.ok and r.name == "adamw"), None)
-    lines = ["| method | lr (edge: the best trial was the smallest or largest lr tried) | val ppl (mean) | per seed | vs AdamW "
-             "| optimizer state MiB | × AdamW | peak RSS MiB | tokens/s | × AdamW | optimizer ms/step "
-             "| × AdamW | wall s/trial |",
+    lines = ["| method | lr (edge: the best trial was the smallest or largest lr tried) | val ppl (mean) "
+             "| per seed | vs AdamW | optimizer state MiB | × AdamW | peak RSS MiB | tokens/s | × AdamW "
+             "| optimizer ms/step | × AdamW | wall s/trial |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if not r.ok:
@@ -98,7 +99,8 @@ def targets(rows: list[Row], adamw_state: int) -> list[str]:
     if not pairs:
         lines.append("| (no recipe ran next to its reference implementation) |" + " |" * 10)
     base = adamw_row(rows)
-    lines += ["", "### A memory-efficient recipe at AdamW's perplexity with ≤ 1/3 of its optimizer state", ""]
+    lines += ["", "### A memory-efficient recipe at AdamW's perplexity with ≤ 1/3 of its optimizer state",
+              ""]
     if base is None:
         return lines + ["No AdamW baseline ran (adamw, adamw-pergroup or torch-adamw)."]
     lines.append(f"AdamW = the best full-precision AdamW baseline here: {base.method} ({base.label}), "
@@ -107,9 +109,9 @@ def targets(rows: list[Row], adamw_state: int) -> list[str]:
     small = [r for r in rows if r.ok and r.kind == "slimtrain" and r.state_bytes * 3 <= adamw_state]
     for r in small:
         c = compare(r, base)
-        lines.append(f"- {_mark(c.matches)} {r.method}: {_ratio(r.state_bytes, adamw_state, 3)}× AdamW's state, "
-                     f"val ppl {_ppl(r)} vs {_ppl(base)} ({_pct(c.delta)}, noise {c.noise * 100:.1f}%: "
-                     f"{c.verdict})")
+        lines.append(f"- {_mark(c.matches)} {r.method}: {_ratio(r.state_bytes, adamw_state, 3)}× AdamW's "
+                     f"state, val ppl {_ppl(r)} vs {_ppl(base)} ({_pct(c.delta)}, noise "
+                     f"{c.noise * 100:.1f}%: {c.verdict})")
     if not small:
         lines.append("- ✗ no slimtrain recipe here holds ≤ 1/3 of AdamW's optimizer state")
     return lines
@@ -151,6 +153,7 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
     m = env["machine"]
     memory = f", {m['memory_bytes'] / 2**30:.0f} GiB" if m.get("memory_bytes") else ""
     minutes = meta["wall_seconds"] / 60
+    reused = f" ({meta['trials_reused']} reused from an earlier invocation)" if meta["trials_reused"] else ""
     lines = [
         "# Side-by-side benchmark", "",
         "Produced by this command (every figure below comes from it):", "", "```", meta["command"], "```", "",
@@ -162,16 +165,15 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         f"{s.get('refresh_every') or 'method’s own number of'} steps for slimtrain's recipes and the "
         f"packages alike; validation perplexity on the same {s['eval_batches'] * s['batch_size']} held-out "
         f"blocks of {s['seq_len']} tokens at the end.",
-        f"- **Tuning**: {s['trials']} learning rates per method at seed {s['seeds'][0]}: a walk on the ladder "
-        f"1, 2, 5 × 10ᵏ from the method's centre (its authors' lr), each next trial the untried rung "
-        f"nearest the best so far; then the best lr again with seed(s) "
+        f"- **Tuning**: {s['trials']} learning rates per method at seed {s['seeds'][0]}: a walk on the "
+        f"ladder 1, 2, 5 × 10ᵏ from the method's centre (its authors' lr), each next trial the untried "
+        f"rung nearest the best so far; then the best lr again with seed(s) "
         f"{', '.join(map(str, s['seeds'][1:])) or '–'}. Same data order and initial weights for every "
         f"method at a given seed.",
         f"- **Machine**: {m['cpu']}, {m['cores']} cores{memory}, {m['system']}"
         f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; {s['threads']} thread(s) per trial, "
         f"{s['jobs']} trial(s) at a time; load average {load.get('start')} at the start, "
-        f"{load.get('end')} at the end; {meta['trials_run']} trials run in {minutes:.1f} min"
-        f"{' (' + str(meta['trials_reused']) + ' reused from an earlier invocation)' if meta['trials_reused'] else ''}.",
+        f"{load.get('end')} at the end; {meta['trials_run']} trials run in {minutes:.1f} min{reused}.",
         f"- **Versions**: {versions}.", "",
         "## Results", "",
         "Validation perplexity at each method's best lr (mean over seeds); optimizer state = bytes of "

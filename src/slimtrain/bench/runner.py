@@ -122,7 +122,8 @@ def _say(console: Console, trial: Trial, result: dict, count: str) -> None:
     what = f"{trial.spec.text} lr {trial.lr:g} seed {trial.seed}"
     if result["status"] == "ok":
         s = result["summary"]
-        detail = f"val ppl {s['val_ppl']:.2f} · {s['tokens_per_s']:,.0f} tokens/s · {result['wall_seconds']:.0f} s"
+        detail = (f"val ppl {s['val_ppl']:.2f} · {s['tokens_per_s']:,.0f} tokens/s · "
+                  f"{result['wall_seconds']:.0f} s")
     else:
         detail = f"{result['status']}: {result['error']}"
     console.print(f"[{count}] {what}: {detail}")
@@ -203,7 +204,8 @@ def run_bench(settings: BenchSettings, out: Path, console: Console) -> list[dict
             console.print(f"skipping {e.spec.text}: {e.skipped}")
     runnable = [e for e in entries if not e.skipped]
     others = settings.seeds[1:]
-    console.print(f"{len(runnable)} methods × a sweep of {settings.trials} learning rates (seed {settings.seeds[0]}), "
+    console.print(f"{len(runnable)} methods × a sweep of {settings.trials} learning rates "
+                  f"(seed {settings.seeds[0]}), "
                   f"then each one's best lr with seed(s) {', '.join(map(str, others)) or '(none)'}: "
                   f"{settings.steps} steps of {settings.batch_size} × {settings.seq_len} tokens per trial; "
                   f"one process per method, {settings.jobs} at a time")

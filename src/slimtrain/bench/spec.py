@@ -138,7 +138,8 @@ class BenchSettings:
                 parts.append(f"--{name} {getattr(self, name)}")
         if self.data is not None:
             parts.append(f"--text-field {self.text_field}")
-        parts += [f"--val-fraction {self.val_fraction:g}", f"--tokens {self.tokens}", f"--seq-len {self.seq_len}", f"--batch-size {self.batch_size}",
+        parts += [f"--val-fraction {self.val_fraction:g}", f"--tokens {self.tokens}",
+                  f"--seq-len {self.seq_len}", f"--batch-size {self.batch_size}",
                   f"--precision {self.precision}", f"--trials {self.trials}",
                   f"--seeds {','.join(map(str, self.seeds))}"]
         for name in ("rank", "refresh_every"):

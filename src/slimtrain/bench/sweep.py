@@ -37,7 +37,8 @@ def snap(lr: float) -> float:
     if not (lr > 0 and math.isfinite(lr)):
         raise UserError(f"a learning rate must be a positive number, got {lr}")
     if not RUNGS[0] <= lr <= RUNGS[-1]:
-        raise UserError(f"learning rate {lr:g} is outside the sweep's ladder ({RUNGS[0]:g} … {RUNGS[-1]:g})")
+        raise UserError(f"learning rate {lr:g} is outside the sweep's ladder "
+                        f"({RUNGS[0]:g} … {RUNGS[-1]:g})")
     return min(RUNGS, key=lambda r: abs(math.log(r / lr)))
 
 
