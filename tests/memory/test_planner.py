@@ -80,6 +80,24 @@ def test_fused_backward_keeps_one_gradient():
     assert result.gradients == 32000 * 512 * 4  # the largest parameter: embeddings / LM head
 
 
+def test_fused_backward_accumulation_buffers():
+    """With grad_accum > 1: low-rank buffers for GaLore's matrices with refresh_from="first"; with
+    the default "accumulated" refresh the first step holds every gradient in full."""
+    ordinary = plan("60m", "galore-adamw", rank=128).gradients
+    largest = 32000 * 512 * 4
+    accumulated = plan("60m", "galore-adamw", rank=128, fused_backward=True, grad_accum=4)
+    assert accumulated.gradients == ordinary + largest
+    first = plan("60m", "galore-adamw", rank=128, fused_backward=True, grad_accum=4,
+                 fused_refresh_from="first")
+    # 8 layers: q, k, v, o (512×512 → 128×512) and gate, up (512×1376 → 128×1376), down (1376×512 → 1376×128)
+    low_rank = 8 * (4 * 128 * 512 + 3 * 128 * 1376) * 4
+    rest = ordinary - 8 * (4 * 512 * 512 + 3 * 512 * 1376) * 4  # embeddings, head, norms in full
+    assert first.gradients == largest + low_rank + rest
+    assert first.settings["fused_refresh_from"] == "first"
+    with pytest.raises(ValueError, match="fused_refresh_from"):
+        plan("60m", "galore-adamw", fused_backward=True, grad_accum=2, fused_refresh_from="last")
+
+
 def test_budget_lists_settings_that_fit_best_first():
     budget = parse_bytes("3GiB")
     fits = fitting_settings(budget, "60m", seq_len=256)
@@ -87,10 +105,10 @@ def test_budget_lists_settings_that_fit_best_first():
     assert [f.state_bytes for f in fits] == sorted((f.state_bytes for f in fits), reverse=True)
     for f in fits[:4]:
         kwargs = {k: v for k, v in f.settings.items() if k in ("rank", "state_bits")}
-        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256,
-                  activation_checkpointing=f.settings["activation_checkpointing"], **kwargs)
-        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256,
-                     activation_checkpointing=f.settings["activation_checkpointing"], **kwargs)
+        kwargs.update(activation_checkpointing=f.settings["activation_checkpointing"],
+                      fused_backward=f.settings["fused_backward"])
+        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256, **kwargs)
+        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256, **kwargs)
         assert at.total <= budget < above.total
     assert rank_ladder(512) == [256, 128, 64]
 
