@@ -58,9 +58,8 @@ _CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 
 @dataclass
 class _Pending:
-    """A parameter's gradient of the current step, not yet applied."""
+    """A parameter's gradient of the current step, not yet applied (the rest is in ``.grad``)."""
 
-    count: int = 0                  # gradients received (backward passes that reached it)
     low_rank: Tensor | None = None  # Σ project(G_k) when it accumulates in its subspace
     subspace: bool = False
 
@@ -73,8 +72,8 @@ def _norm(g: Tensor) -> Tensor:
 
 
 def _global_norm(norms: list[Tensor]) -> float:
-    """‖(n₁, n₂, …)‖ over the finite per-parameter norms, in the order given (that of
-    ``clip_grad_norm_(foreach=False)`` over the same parameters)."""
+    """‖(n₁, n₂, …)‖ over the finite per-parameter norms, summed in the order given as
+    ``clip_grad_norm_(foreach=False)`` does (so that the two agree bit for bit)."""
     if not norms:
         return 0.0
     dtype = reduce(torch.promote_types, (n.dtype for n in norms))
@@ -124,6 +123,7 @@ class FusedBackward:
         self.grad_norm: float | None = optimizer.grad_norm
         self.grad_norm_exact = True
         self.clip_coef = 1.0
+        self._counts: dict[Tensor, int] = {}     # gradients received in this step
         self._pending: dict[Tensor, _Pending] = {}
         self._norms: dict[Tensor, Tensor] = {}  # parameters updated in this step → gradient norm
         self._exact = True
@@ -140,8 +140,10 @@ class FusedBackward:
             optimizer.register_state_dict_pre_hook(lambda _: self._at_boundary("state_dict()")),
             optimizer.register_load_state_dict_pre_hook(
                 lambda *_: self._at_boundary("load_state_dict()")),
+            optimizer.register_load_state_dict_post_hook(lambda _: self._reset()),  # new groups
         ]
         self._warn_about_accumulation()
+        self._reset()
         optimizer._fused_backward = self
 
     # ------------------------------------------------------------------ set-up
@@ -167,6 +169,7 @@ class FusedBackward:
                              "supported yet; use DDP or a single process")
         module = getattr(model, "module", model) if self._ddp is not None else model
         theirs = [p for p in module.parameters() if p.requires_grad]
+        self._model_order = theirs
         if theirs and not any(p in ours for p in theirs):
             raise ValueError("none of the model's parameters is in the optimizer: pass the model "
                              "the optimizer was built for")
@@ -176,7 +179,7 @@ class FusedBackward:
                  "gradients accumulate in .grad as usual and are never freed by layer-wise updates")
 
     def _warn_about_accumulation(self) -> None:
-        if self.grad_accum == 1 or self.accumulate == "full":
+        if self.grad_accum == 1 or self.accumulate == "full" or self._ddp is not None:
             return
         low_rank = [p for p in self._order() if self.optimizer.takes_low_rank(self._group(p), p)]
         if not low_rank:
@@ -197,21 +200,21 @@ class FusedBackward:
         """Post-accumulate-grad hook: ``p.grad`` holds p's gradient of this backward pass (plus
         the earlier micro-batches' when it accumulates in full)."""
         with self._lock, torch.no_grad():
-            pending = self._pending.setdefault(p, _Pending())
-            pending.count += 1
-            if pending.count > self.grad_accum:
+            count = self._counts[p] = self._counts.get(p, 0) + 1
+            if count > self.grad_accum:
                 raise ValueError(
-                    f"a parameter received gradient number {pending.count} since the last "
+                    f"a parameter received gradient number {count} since the last "
                     f"optimizer.step(), but grad_accum={self.grad_accum}: call optimizer.step() "
                     f"after every {self.grad_accum} backward passes (or fuse with the right grad_accum)")
+            pending = self._pending.setdefault(p, _Pending())
             if self._ddp is not None:  # the update waits for the all-reduce (fused_ddp.py)
                 return
             group = self._group(p)
-            if pending.count == 1:
+            if count == 1:
                 pending.subspace = self._accumulates_low_rank(group, p)
             if pending.subspace:
-                self._add_low_rank(group, p, pending)
-            if pending.count == self.grad_accum:
+                self._add_low_rank(group, p, pending, first=count == 1)
+            if count == self.grad_accum:
                 self._apply(p, pending, p.grad)
 
     def _accumulates_low_rank(self, group: dict, p: Tensor) -> bool:
@@ -224,9 +227,9 @@ class FusedBackward:
         # NaN never reaches the basis), else from the accumulated gradient.
         return self.refresh_from == "first" and bool(torch.isfinite(_norm(p.grad)))
 
-    def _add_low_rank(self, group: dict, p: Tensor, pending: _Pending) -> None:
+    def _add_low_rank(self, group: dict, p: Tensor, pending: _Pending, first: bool) -> None:
         opt = self.optimizer
-        if pending.count == 1 and opt.refresh_due(group, p):  # refresh_from="first"
+        if first and opt.refresh_due(group, p):  # refresh_from="first"
             R = opt.refresh_now(group, p)
         else:
             R = opt.project_gradient(group, p, p.grad)
@@ -238,8 +241,10 @@ class FusedBackward:
         with self._lock, torch.no_grad():
             for p, g in zip(params, grads):
                 pending = self._pending.get(p)
-                if pending is not None and pending.count == self.grad_accum:
-                    self._apply(p, pending, g)
+                if pending is not None and self._counts[p] == self.grad_accum:
+                    # a fresh copy: a view into the bucket sits at an offset for which BLAS may
+                    # round differently from the separate .grad tensor of ordinary DDP
+                    self._apply(p, pending, g.clone())
 
     def _apply(self, p: Tensor, pending: _Pending, grad: Tensor | None) -> None:
         """Update ``p`` with its gradient of the step: ``pending.low_rank`` when it accumulated in
@@ -300,12 +305,17 @@ class FusedBackward:
                 self._apply(p, self._pending[p], p.grad)
             for p in order:  # added to the optimizer after fuse_backward(): ordinary this time
                 if p not in self._tracked and p.grad is not None:
-                    self._apply(p, _Pending(count=1), p.grad)
+                    self._apply(p, _Pending(), p.grad)
                     self._track(p)
             self._finish(order)
         return None
 
     def _finish(self, order: list[Tensor]) -> None:
+        # summed in the model's parameter order, as clip_grad_norm_(model.parameters()) does
+        ours = set(order)
+        by_model = [p for p in self._model_order if p in ours]
+        known = set(by_model)
+        order = by_model + [p for p in order if p not in known]
         self.grad_norm = _global_norm([self._norms[p] for p in order if p in self._norms])
         self.optimizer.grad_norm = self.grad_norm
         self.grad_norm_exact = self._exact
@@ -316,6 +326,7 @@ class FusedBackward:
         self._reset()
 
     def _reset(self) -> None:
+        self._counts.clear()
         self._pending.clear()
         self._norms.clear()
         self._exact = True
