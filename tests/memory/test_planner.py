@@ -47,6 +47,33 @@ def test_planned_state_bytes_equal_measured_for_every_recipe(recipe):
         assert planned.to_dict()[part] == measured[part]
 
 
+@pytest.mark.parametrize("recipe", so.available())
+@pytest.mark.parametrize("grad_accum,refresh_from", [(1, "accumulated"), (2, "first")])
+def test_planned_fused_gradients_bound_measured(recipe, grad_accum, refresh_from):
+    """Layer-wise: the planned gradient bytes (the gradient being produced, at most the largest,
+    plus the accumulation buffers) bound the measured peak, and equal it without accumulation.
+    Below ordinary training's, except where every gradient accumulates in full (AdamW, and the
+    recipes whose update reads G: APOLLO, Fira, FRUGAL) — there by that one incoming gradient."""
+    config = small_config()
+    kwargs = small_kwargs(recipe)
+    model, opt = build(config, recipe, **kwargs)
+    low_rank = any(opt.takes_low_rank(g, p) for g in opt.param_groups for p in g["params"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        measured = measure(model, opt, batch_size=2, seq_len=16, steps=2, fused_backward=True,
+                           grad_accum=grad_accum, refresh_from=refresh_from)
+    planned = plan(config, recipe, batch_size=2, seq_len=16, fused_backward=True,
+                   grad_accum=grad_accum, fused_refresh_from=refresh_from, **kwargs).gradients
+    ordinary = plan(config, recipe, batch_size=2, seq_len=16, **kwargs).gradients
+    assert measured["gradients"] <= planned
+    if grad_accum == 1:
+        assert measured["gradients"] == planned < ordinary
+    elif low_rank:
+        assert planned < ordinary
+    else:
+        assert planned == ordinary + max(p.numel() * 4 for p in model.parameters())
+
+
 @pytest.mark.parametrize("dtype,autocast,ckpt", [
     (torch.float32, False, False), (torch.bfloat16, False, False),
     (torch.float32, True, False), (torch.float32, False, True)])

@@ -1,9 +1,7 @@
 """Training loops for the layer-wise tests: the same micro-batches through ordinary and fused
-training, the ordinary reference for previous-norm clipping, and a meter of live gradients."""
+training, and the ordinary reference for previous-norm clipping."""
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 
@@ -81,25 +79,3 @@ def weights(model) -> list[torch.Tensor]:
 
 def max_relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(((x - y).abs().max() / x.abs().max()).item() for x, y in zip(a, b))
-
-
-class GradientMeter:
-    """Bytes of parameter gradients alive whenever a gradient arrives: every gradient tensor ever
-    seen that is still alive (a weak reference: a gradient kept anywhere counts) plus the layer-wise
-    low-rank accumulators. Register it before fusing so that it runs before the update."""
-
-    def __init__(self, params):
-        self.handle = None
-        self.peak = 0
-        self._seen: dict[int, weakref.ref] = {}
-        for p in params:
-            p.register_post_accumulate_grad_hook(self._measure)
-
-    def _measure(self, p) -> None:
-        self._seen[id(p.grad)] = weakref.ref(p.grad)
-        alive = {id(t): t.nbytes for t in (r() for r in self._seen.values()) if t is not None}
-        low_rank = 0
-        if self.handle is not None:
-            low_rank = sum(pd.low_rank.nbytes for pd in self.handle._pending.values()
-                           if pd.low_rank is not None)
-        self.peak = max(self.peak, sum(alive.values()) + low_rank)

@@ -351,15 +351,11 @@ class FusedBackward:
                 "optimizer.step()")
 
     # ------------------------------------------------------------------ inspection
-    def accumulated_bytes(self) -> int:
-        """Bytes of gradients held between micro-batches: low-rank accumulators and the ``.grad``
-        of parameters accumulating in full."""
+    def accumulator_bytes(self) -> int:
+        """Bytes of the projected-gradient sums kept between micro-batches; the rest of the
+        accumulated gradients is in the parameters' ``.grad``."""
         with self._lock:
-            total = 0
-            for p, pending in self._pending.items():
-                held = pending.low_rank if pending.subspace else p.grad
-                total += 0 if held is None else held.nbytes
-            return total
+            return sum(p.low_rank.nbytes for p in self._pending.values() if p.low_rank is not None)
 
     def remove(self) -> None:
         """Back to ordinary updates (under DDP the communication hook stays and only averages)."""
