@@ -38,6 +38,25 @@ def stdlib_bytes(n_bytes: int) -> torch.Tensor:
     return torch.tensor(list(b"".join(chunks)[:n_bytes]), dtype=torch.long)
 
 
+def write_stdlib_jsonl(path, n_bytes: int):
+    """A JSONL corpus of real text: standard-library modules (whole files) up to ``n_bytes``."""
+    import json
+
+    from slimtrain.data.corpus import stdlib_files, stdlib_root
+
+    root, total = stdlib_root(), 0
+    with open(path, "w") as out:
+        for f in stdlib_files(root):
+            text = f.read_text(errors="replace")
+            if total + len(text) > n_bytes:
+                continue
+            out.write(json.dumps({"text": text, "source": f.name}) + "\n")
+            total += len(text)
+            if total > 0.95 * n_bytes:
+                break
+    return path
+
+
 def train_on_text(model, opt, steps: int, data: torch.Tensor, seed: int = 0) -> list[float]:
     """``steps`` optimizer steps of next-byte prediction on ``data`` (batches of 8 × 64 bytes)."""
     gen = torch.Generator().manual_seed(seed)

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Optional
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import UserError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Memory-efficient full-parameter LLM training.")
-console = Console()
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train tokenizers.")
+app.add_typer(tokenizer_app, name="tokenizer")
+# soft_wrap: log lines stay whole when output goes to a file or a pipe.
+console = Console(soft_wrap=True, highlight=False)
+
+
+def _guarded(action: Callable[[], object]) -> None:
+    """Run ``action``; user errors become one line on stderr and exit code 2 (no traceback,
+    unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130."""
+    from .train import Interrupted
+
+    try:
+        action()
+    except Interrupted as stop:
+        typer.echo(f"stopped at step {stop.step}; checkpoint saved in {stop.ckpt}. Continue with "
+                   f"--resume {stop.ckpt.parent.parent}", err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; no checkpoint was written", err=True)
+        raise typer.Exit(130) from None
+    except UserError as err:
+        if os.environ.get("SLIMTRAIN_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
 
 from .memory.cli import plan_command  # noqa: E402  (the planner's command lives with the planner)
 
@@ -27,31 +60,107 @@ def optimizers() -> None:
     console.print(table)
 
 
-@app.command()
-def demo(
-    steps: int = typer.Option(150, help="Optimizer steps per method (batch 16 × 128 bytes)."),
-    seed: int = typer.Option(0, help="Seed for the model initialisation and the data order."),
-    rank: int = typer.Option(32, help="GaLore rank."),
+def _parse_optim_args(items: list[str] | None) -> dict | None:
+    import yaml
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--optim-arg {item!r} must look like KEY=VALUE, e.g. refresh_every=200")
+        out[key.strip()] = yaml.safe_load(value)  # typed: 200 → int, 0.25 → float, true → bool
+    return out
+
+
+def _train_command(kind: str, doc: str):
+    """A command with one option per ``TrainConfig`` field (help texts live with the fields)."""
+    from .train.config import TrainConfig
+
+    def command(**kwargs) -> None:
+        config_file, resume = kwargs.pop("config"), kwargs.pop("resume")
+
+        def go():
+            from .train import session
+
+            kwargs["optim_args"] = _parse_optim_args(kwargs.pop("optim_arg"))
+            session.run(kind, kwargs, config_file, resume, console)
+
+        _guarded(go)
+
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    params = []
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if "Default" not in help_text and f.default not in (None, False):
+            help_text += f" [default: {f.default}]"
+        if f.name == "optim_args":
+            params.append(("optim_arg", Optional[list[str]], typer.Option(None, "--optim-arg", help=help_text)))
+            continue
+        typ = types[f.type.split(" ")[0]]
+        if typ is bool:
+            flag = f"{flag}/--no-{flag[2:]}"
+        params.append((f.name, Optional[typ], typer.Option(None, flag, help=help_text, show_default=False)))
+    params.append(("config", Optional[str], typer.Option(
+        None, "--config", help="YAML or TOML file of options (keys as the flags); flags override it.")))
+    params.append(("resume", Optional[str], typer.Option(
+        None, "--resume", help="Run directory to continue from its latest checkpoint, exactly.")))
+    command.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in params])
+    command.__annotations__ = {n: t for n, t, _ in params}
+    command.__doc__ = doc
+    command.__name__ = kind
+    return command
+
+
+app.command("pretrain")(_train_command("pretrain", """Pretrain a language model (default: the tiny
+LLaMA preset on the embedded corpus, the Python standard library's sources).
+
+Writes a run directory with config.yaml, metrics.jsonl, loss.png, summary.json and checkpoints/.
+Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly where it stopped."""))
+
+app.command("finetune")(_train_command("finetune", """Fine-tune every parameter of a pretrained local
+model (--model DIR, Hugging Face layout) on text or JSONL; --prompt-field masks prompts out of the loss.
+
+Same optimizers, checkpoints and run directory as pretrain."""))
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    out: str = typer.Option(..., "--out", help="Directory to write the tokenizer to (Hugging Face layout)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Text, JSONL, a directory of them, or a saved "
+                                       "dataset. Default: the embedded corpus."),
+    vocab_size: int = typer.Option(8192, "--vocab-size", help="Tokens in the vocabulary (≥ 258)."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL field / dataset column with the text."),
 ) -> None:
-    """Train a small LLaMA with AdamW and GaLore-AdamW side by side on stdlib text; print the results."""
-    import torch
+    """Train a byte-level BPE tokenizer on a corpus; load it with --tokenizer or AutoTokenizer."""
 
-    from .demo import run
+    def go():
+        from pathlib import Path
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
-    for recipe, kwargs in (("adamw", dict(lr=3e-3, weight_decay=0.0)),
-                           ("galore-adamw", dict(lr=1e-2, rank=rank, refresh_every=50))):
-        console.print(f"training with {recipe} for {steps} steps ...")
-        rows.append(run(recipe, steps, seed, **kwargs))
-    base = rows[0]
-    table = Table("optimizer", "val loss", "optimizer state (MiB)", "× AdamW", "of which projectors (MiB)", "s")
-    for r in rows:
-        table.add_row(r["recipe"], f"{r['val_loss']:.3f}", f"{r['state_bytes'] / 2**20:.2f}",
-                      f"{r['state_bytes'] / base['state_bytes']:.2f}", f"{r['projector_bytes'] / 2**20:.2f}",
-                      f"{r['seconds']:.0f}")
-    console.print(f"LLaMA-style model, {base['params'] / 1e6:.2f}M parameters, byte-level stdlib text")
-    console.print(table)
+        from .data import default_corpus, iter_records, train_bpe
+
+        target = Path(out)
+        if target.exists() and any(target.iterdir()):
+            raise UserError(f"--out {out} is not empty; choose a new directory (nothing is overwritten)")
+        if data is None:
+            corpus = default_corpus()
+            console.print(f"corpus: {corpus.describe()}")
+            source, field = corpus.path, "text"
+        else:
+            source, field = Path(data), text_field
+        texts = (t for _, t in iter_records(source, field))
+        first = next(texts, None)
+        if first is None:
+            raise UserError(f"the corpus {source} holds no text; point --data at files with text in them")
+        import itertools
+
+        tok = train_bpe(itertools.chain([first], texts), vocab_size, target)
+        console.print(f"wrote a byte-level BPE tokenizer with {len(tok):,} tokens to {target}")
+
+    _guarded(go)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ falls back to full rank (rank >= min(m, n)): by default ``torch.optim.AdamW(**ad
 over all parameters; recipes whose inner rule is not Adam fall back to that rule unprojected, so
 their reference is that rule's reference implementation for the targets plus AdamW for the rest.
 ``exact`` says whether the reference runs the same floating-point operations (bit-identical) or
-only the same math (equal to float rounding).
+only the same math (equal to float rounding). ``equals_reference=False`` declares that the recipe
+cannot equal any full-precision reference in that limit: its states are quantized.
+
+Low-bit cases lower ``quantize_min_numel`` so the suite's small tensors (96…320 elements) are
+quantized, partial blocks included.
 """
 
 import re
@@ -64,6 +68,7 @@ class Case:
     full_rank: Callable | None = None
     exact: bool = True
     bad_betas: dict[str, Any] = field(default_factory=lambda: dict(betas=(1.0, 0.999)))
+    equals_reference: bool = True
 
     def build(self, params, **overrides):
         return so.create(self.name, params, **{**self.kwargs, **overrides})
@@ -77,10 +82,19 @@ class Case:
         return self.name
 
 
-def _projected(name, adamw_equivalent=None, full_rank=None, exact=True, bad_betas=None, **kwargs):
+def _projected(name, adamw_equivalent=None, full_rank=None, exact=True, bad_betas=None,
+               equals_reference=True, **kwargs):
     kwargs = {**dict(lr=1e-2, rank=4, refresh_every=3, targets=TARGETS), **kwargs}
     return Case(name, kwargs, projects=True, adamw_equivalent=adamw_equivalent or {},
-                full_rank=full_rank, exact=exact, bad_betas=bad_betas or dict(betas=(1.0, 0.999)))
+                full_rank=full_rank, exact=exact, bad_betas=bad_betas or dict(betas=(1.0, 0.999)),
+                equals_reference=equals_reference)
+
+
+_LOW = dict(quantize_min_numel=64)
+
+
+def _lowbit(name, **kwargs):
+    return _projected(name, equals_reference=False, **_LOW, **kwargs)
 
 
 _GALORE_EPS = dict(lr=1e-2, eps=1e-6, weight_decay=0.0)
@@ -114,4 +128,15 @@ CASES = [
                full_rank=adafactor_reference(1e-2, targets_rule="adafactor", rest_rule="adafactor",
                                              beta1=0.9)),
     _projected("galore-lion", weight_decay=0.1, full_rank=lion_reference(1e-2, 0.1)),
+    # Low-bit states (lowbit.py): the 8/4-bit recipes, and state_bits on other recipes and rules.
+    Case("adamw8bit", dict(lr=1e-2, weight_decay=0.1, **_LOW), equals_reference=False),
+    Case("adamw4bit", dict(lr=1e-2, weight_decay=0.1, **_LOW), equals_reference=False),
+    Case("adamw", dict(lr=1e-2, weight_decay=0.1, state_bits=16), equals_reference=False),
+    _lowbit("galore-adamw8bit", scale=0.5, weight_decay=0.1),
+    _lowbit("galore-adamw8bit", basis="svd", switch="reproject"),
+    _lowbit("galore-adamw8bit", switch="reset", rest="adamw"),
+    _lowbit("apollo", state_bits=8, rest="adamw8bit", weight_decay=0.1),
+    _lowbit("galore-lion", state_bits=8, switch="reproject", basis="svd"),
+    _lowbit("galore-adafactor", state_bits=8, beta1=0.9, rest="adafactor",
+            bad_betas=dict(beta1=1.0)),
 ]

@@ -14,6 +14,9 @@ this kernel. It has two outputs:
 Three implementations: a for-loop (the reference), foreach (multi-tensor), and fused (torch's
 ``_fused_adamw_`` kernel, one pass per tensor; ~5× faster than foreach on CPU). For-loop and
 foreach agree in float64 bit for bit; fused agrees to rounding. Fused needs ``eps_mode="torch"``.
+A fourth, ``adam_elementwise``, is the same step as a pure function of tensors with tensor
+hyperparameters: the low-bit state kernel (``lowbit.py``) runs it between dequantize and
+requantize, eagerly or under torch.compile (Python-float hyperparameters would recompile there).
 
 ``eps_mode`` says where eps enters: ``"torch"`` adds it to sqrt(v_hat) (torch.optim.AdamW and the
 Adam paper); ``"hf"`` adds it to sqrt(v) before bias correction (transformers' legacy AdamW, which
@@ -152,3 +155,33 @@ def _fused(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps_mode, 
             amsgrad=False, maximize=False,
         )
     return None if params is not None else (targets, [-1.0] * len(targets))
+
+
+def adam_elementwise(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, hp: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """One Adam step, out of place: returns (exp_avg, exp_avg_sq, direction) with direction
+    ``m / (sqrt(v) / sqrt(bc2) + eps)``. ``hp`` = [β₁, 1−β₁, β₂, 1−β₂, sqrt(bc2), eps] as a tensor
+    (eps already placed by ``eps_mode``). Plain multiplies and adds instead of ``lerp``/``addcmul``,
+    so eager and compiled code round alike (no fused multiply-add on CPU)."""
+    beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps = hp.unbind()
+    m = exp_avg * beta1 + grad * one_minus_beta1
+    v = exp_avg_sq * beta2 + (grad * one_minus_beta2) * grad
+    return m, v, m / (_sqrt_rn(v) / bc2_sqrt + eps)
+
+
+def _sqrt_rn(x: Tensor) -> Tensor:
+    """Correctly rounded square root. Compiled code uses the hardware instruction (exact); torch's
+    eager float32 CPU sqrt can be an ulp off, so eagerly it goes through float64 (exact after
+    rounding back), and the eager reference and the compiled kernel agree bit for bit."""
+    if torch.compiler.is_compiling() or x.dtype != torch.float32:
+        return x.sqrt()
+    return x.double().sqrt().to(x.dtype)
+
+
+def elementwise_hyperparameters(step: Tensor, *, beta1: float, beta2: float, eps: float,
+                                eps_mode: str) -> tuple[list[float], float]:
+    """(``hp`` of ``adam_elementwise``, ``1 / bc1``) at a step count (already incremented)."""
+    (bc1,), (bc2,) = _bias_corrections([step], beta1, beta2)
+    bc2_sqrt = bc2**0.5
+    (eps_t,) = _effective_eps(eps, [bc2_sqrt], eps_mode)
+    return [beta1, 1 - beta1, beta2, 1 - beta2, bc2_sqrt, eps_t], 1.0 / bc1

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
+from . import lowbit
 from .adam import fused_supported
 from .backmap import apply_update_, reads_full_gradient
 from .groups import GROUP_DEFAULTS, ParamPlan, check_group, plan_group
 from .rules import RULES
 from .state_io import STATE_FORMAT, StateIO
-from .subspace import project
+from .subspace import project, projected_shape
 from .subspace_state import current_basis, maybe_refresh, refresh_due
 from .targets import translate_galore_keys
 
@@ -128,7 +129,7 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
 
         ``low_rank`` (layer-wise accumulation, ``fused_backward.py``) maps projected parameters to
         their gradient already projected on their current basis: their ``.grad`` is not read and
-        their basis is not refreshed on this step (``full_gradient_needed`` said it was not due).
+        their basis is not refreshed on this step (the caller checked ``refresh_due``).
         Returns the squared norm of their finite gradients, or None when not checked.
         """
         low_rank = low_rank or {}
@@ -162,18 +163,37 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     # ------------------------------------------------------------------ the inner rule
     def _init_moments(self, state: dict[str, Tensor], rule: str, shape, like: Tensor,
                       group: dict[str, Any]) -> None:
-        """Allocate the rule's moments (zeros, in the parameter's dtype) for an update of ``shape``."""
-        for key, moment_shape in RULES[rule].moment_shapes(shape, group).items():
-            state[key] = torch.zeros(moment_shape, dtype=like.dtype, device=like.device)
+        """Allocate the rule's moments (zeros) for an update of ``shape``, stored as the group's
+        ``state_bits`` say (lowbit.py; by default in the parameter's dtype)."""
+        lowbit.init_moments(state, lowbit.layout(group, rule, like, shape), like.device)
 
     def _run_rule(self, group: dict[str, Any], rule: str, grads: list[Tensor],
                   states: list[dict[str, Tensor]], count_key: str, params: list[Tensor] | None = None):
-        """The one place where a rule reads and writes its moments (low-bit storage wraps this)."""
+        """The one place where a rule reads and writes its moments. Moments kept in another
+        precision than the parameter's (``state_bits``) take lowbit's dequantize → rule →
+        requantize seam (for Adam: one compiled pass per tensor); the rest run the rule as it is."""
         kernel = RULES[rule]
-        moments = [{k: st[k] for k in kernel.moment_shapes(g.shape, group)} for g, st in zip(grads, states)]
-        counts = [st[count_key] for st in states]
-        return kernel.update(grads, moments, counts, group, _impl(group, params or grads, rule),
-                             params=params)
+        refs = params if params is not None else grads
+        layouts = [lowbit.layout(group, rule, r, g.shape) for r, g in zip(refs, grads)]
+        low = {i for i, lay in enumerate(layouts) if not lowbit.native(group, refs[i], lay)}
+        results = {}
+        for i in sorted(low):
+            p = None if params is None else params[i]
+            results[i] = lowbit.run_rule_(
+                group, rule, layouts[i], grads[i], states[i], count_key, p,
+                name="" if p is None else self._plans[p].name, impl=_impl(group, [grads[i]], rule))
+        idx = [i for i in range(len(grads)) if i not in low]
+        if idx:
+            moments = [{k: states[i][k] for k in kernel.moment_shapes(grads[i].shape, group)} for i in idx]
+            counts = [states[i][count_key] for i in idx]
+            out = kernel.update([grads[i] for i in idx], moments, counts, group,
+                                _impl(group, [refs[i] for i in idx], rule),
+                                params=None if params is None else [params[i] for i in idx])
+            if params is None:
+                results.update({i: (d, f) for i, d, f in zip(idx, *out)})
+        if params is not None:
+            return None
+        return [results[i][0] for i in range(len(grads))], [results[i][1] for i in range(len(grads))]
 
     def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor]) -> None:
         states = []
@@ -205,9 +225,22 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         for p, state, R, D, f, basis, first in zip(params, states, low_rank, directions, factors,
                                                     bases, firsts):
             state["step"] += 1
-            apply_update_(p, p.grad, R, D, basis, self._plans[p].side, group=group, state=state,
+            # low-bit moments give a float32 direction: update a float32 copy of a bf16 weight,
+            # then round it back (stochastically with ``stochastic_rounding``)
+            target = p if D.dtype == p.dtype else p.to(D.dtype)
+            apply_update_(target, p.grad, R, D, basis, self._plans[p].side, group=group, state=state,
                           factor=f, step_size=kernel.step_size(state["moment_step"].item(), group),
                           first=first)
+            if target is not p:
+                lowbit.write_rounded_(group, p, target, self._plans[p].name, state["step"])
+
+    def moment(self, p: Tensor, key: str) -> Tensor:
+        """Moment ``key`` of ``p`` (e.g. "exp_avg") as a float32 tensor in its logical shape —
+        dequantized when it is stored in low bits."""
+        plan, group = self._plans[p], self._group_of()[p]
+        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
+        storage, moment_shape = lowbit.layout(group, plan.rule, p, shape)[key]
+        return lowbit.load_moment(self.state[p], key, storage, moment_shape)
 
     # ------------------------------------------------------------------ layer-wise seam
     # fused_backward.py steps one parameter at a time from its gradient hook; across micro-batches

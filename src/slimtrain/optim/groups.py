@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._warnings import warn
+from . import lowbit
 from .adam import EPS_MODES
 from .backmap import BACKMAPS, RESIDUALS
 from .basis_store import PROJECTOR_BITS
@@ -48,6 +49,11 @@ GROUP_DEFAULTS: dict[str, Any] = dict(
     foreach=True,           # multi-tensor kernels for the elementwise parts (False: for-loop)
     fused=None,             # torch's fused Adam kernel; None = use it where it applies
     check_finite=True,      # skip (and report) parameters whose gradient has NaN/Inf
+    # State precision (lowbit.py): the rule's moments in the parameter's dtype (None), fp32/bf16
+    # (32/16) or block-wise quantized (8/4); smaller tensors keep fp32 moments when quantizing.
+    state_bits=None,
+    quantize_min_numel=4096,
+    stochastic_rounding=False,  # bf16 parameters: round each update stochastically
 )
 
 
@@ -122,6 +128,7 @@ def check_group(group: dict[str, Any]) -> None:
     _number(group, "adafactor_beta1", low=0, high=1, none_ok=True)
     if not -1 <= group["decay_rate"] < 0:
         raise ValueError(f"decay_rate must lie in [-1, 0), got {group['decay_rate']!r}")
+    lowbit.check_group(group)
     _check_combination(group)
 
 

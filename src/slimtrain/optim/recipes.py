@@ -28,11 +28,55 @@ class AdamW(PipelineOptimizer):
 
     def __init__(self, model_or_params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True, state_bits: int | None = None,
+                 quantize_min_numel: int = 4096, stochastic_rounding: bool = False):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite)
+                        eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite,
+                        state_bits=state_bits, quantize_min_numel=quantize_min_numel,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(build_param_groups(model_or_params, projection=None), defaults)
 
+
+
+def _adamw_signature(state_bits: int) -> inspect.Signature:
+    """AdamW's signature with another default ``state_bits``: what the low-bit AdamWs accept (the
+    memory planner reads recipe signatures)."""
+    sig = inspect.signature(AdamW)
+    return sig.replace(parameters=[p.replace(default=state_bits) if p.name == "state_bits" else p
+                                   for p in sig.parameters.values()])
+
+
+class AdamW8bit(AdamW):
+    r"""AdamW with 8-bit block-wise quantized moments (Dettmers et al., "8-bit Optimizers via
+    Block-wise Quantization", ICLR 2022): blocks of 256, absmax per block, dynamic tree map (signed
+    for M, unsigned without zero for V); tensors under ``quantize_min_numel`` (4096) elements keep
+    fp32 moments. Each step dequantizes, runs the one Adam in fp32 and requantizes, in one compiled
+    pass per tensor (``fused=False``: the same function eagerly). ~0.254× AdamW's fp32 state."""
+
+    state_formula = ("numel ≥ 4096: 2·(numel + 4·⌈numel/256⌉) bytes; smaller: 2·numel fp32 "
+                     "moments; + one fp32 step counter per parameter")
+    default_state_bits = 8
+
+    def __init__(self, model_or_params, *args, **kwargs):
+        kwargs.setdefault("state_bits", self.default_state_bits)
+        super().__init__(model_or_params, *args, **kwargs)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _adamw_signature(cls.default_state_bits)
+
+
+class AdamW4bit(AdamW8bit):
+    r"""AdamW with 4-bit block-wise quantized moments (Li et al., "Memory Efficient Optimizers with
+    4-bit States", NeurIPS 2023; blocks of 128 as torchao): M with the signed dynamic tree map, V
+    with a linear map without zero (a zero V code would divide by eps). Two codes per byte."""
+
+    state_formula = ("numel ≥ 4096: 2·(⌈numel/2⌉ + 4·⌈numel/128⌉) bytes; smaller: 2·numel fp32 "
+                     "moments; + one fp32 step counter per parameter")
+    default_state_bits = 4
+
+
+AdamW8bit.__signature__ = _adamw_signature(8)
 
 class ProjectedRecipe(PipelineOptimizer):
     """Base of the recipes that project their target matrices.
@@ -84,11 +128,17 @@ def _expanded_signature(cls, init) -> inspect.Signature:
 
 def runtime_options(*, side: str = "auto", stagger: bool = False, power_iters: int = 1,
                     oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
-                    fused: bool | None = None, check_finite: bool = True) -> dict[str, Any]:
+                    fused: bool | None = None, check_finite: bool = True,
+                    state_bits: int | None = None, quantize_min_numel: int = 4096,
+                    stochastic_rounding: bool = False) -> dict[str, Any]:
     """The keyword-only options every projected recipe accepts, with the same meaning everywhere
-    (see ``groups.GROUP_DEFAULTS``); an unknown name is a TypeError, as for any keyword."""
+    (see ``groups.GROUP_DEFAULTS``); an unknown name is a TypeError, as for any keyword.
+    ``state_bits`` sets the precision of the projected matrices' moments (and of ``rest``'s when
+    the rest rule names none: ``rest="adamw"`` keeps the parameter dtype, ``"adamw8bit"`` 8 bits)."""
     return dict(side=side, stagger=stagger, power_iters=power_iters, oversample=oversample,
-                eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite)
+                eps_mode=eps_mode, foreach=foreach, fused=fused, check_finite=check_finite,
+                state_bits=state_bits, quantize_min_numel=quantize_min_numel,
+                stochastic_rounding=stochastic_rounding)
 
 
 class GaLoreAdamW(ProjectedRecipe):
@@ -120,10 +170,29 @@ class GaLoreAdamW(ProjectedRecipe):
                  betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0, rest: str = "adamw",
                  *, side: str = "auto", stagger: bool = False, power_iters: int = 1,
                  oversample: int = 8, eps_mode: str = "torch", foreach: bool = True,
-                 fused: bool | None = None, check_finite: bool = True):
+                 fused: bool | None = None, check_finite: bool = True,
+                 state_bits: int | None = None, quantize_min_numel: int = 4096,
+                 stochastic_rounding: bool = False):
         self._setup(model_or_params, targets=targets, rest=rest, rank=rank,
                     refresh_every=refresh_every, scale=scale, rule="adam", lr=lr, betas=betas, eps=eps,
                     weight_decay=weight_decay, basis=basis, switch=switch,
                     options=dict(side=side, stagger=stagger, power_iters=power_iters,
                                  oversample=oversample, eps_mode=eps_mode, foreach=foreach,
-                                 fused=fused, check_finite=check_finite))
+                                 fused=fused, check_finite=check_finite, state_bits=state_bits,
+                                 quantize_min_numel=quantize_min_numel,
+                                 stochastic_rounding=stochastic_rounding))
+
+
+class GaLoreAdamW8bit(GaLoreAdamW):
+    r"""GaLore with 8-bit Adam states (the GaLore paper's "8-bit GaLore"): the low-rank moments
+    (r × max(m, n)) and, with the default ``rest="adamw8bit"``, the moments of the parameters
+    outside ``targets`` are block-wise 8-bit (``rest="adamw"`` keeps those in the parameter dtype).
+    Unlike galore-torch's GaLoreAdamW8bit it runs on CPU, leaves ``p.grad`` untouched and clones
+    no weights."""
+
+    state_formula = ("projected m×n: 2·(r·max(m,n) + 4·⌈r·max(m,n)/256⌉) bytes + r·min(m,n) fp32 "
+                     "basis + 2 fp32 counters; others: as the rest rule (AdamW8bit)")
+
+    def __init__(self, model_or_params, lr: float = 0.01, rank: int = 128, *,
+                 rest: str = "adamw8bit", state_bits: int | None = 8, **kwargs):
+        super().__init__(model_or_params, lr, rank, rest=rest, state_bits=state_bits, **kwargs)

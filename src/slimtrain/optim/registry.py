@@ -10,7 +10,7 @@ import torch
 
 from .family import APOLLO, FRUGAL, APOLLOMini, Fira
 from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
-from .recipes import AdamW, GaLoreAdamW
+from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ def create(name: str, model_or_params, **kwargs) -> torch.optim.Optimizer:
 
 register("adamw", AdamW, "AdamW through slimtrain's pipeline (equals torch.optim.AdamW)")
 register("galore-adamw", GaLoreAdamW, "GaLore: Adam in a low-rank gradient subspace (Zhao et al. 2024)")
+register("adamw8bit", AdamW8bit, "AdamW with 8-bit block-wise quantized moments (Dettmers et al. 2022)")
+register("adamw4bit", AdamW4bit, "AdamW with 4-bit block-wise quantized moments (Li et al. 2023)")
+register("galore-adamw8bit", GaLoreAdamW8bit, "GaLore with 8-bit Adam moments (Zhao et al. 2024)")
 register("apollo", APOLLO, "APOLLO: channel-wise scaling of G from Adam on a random sketch (Zhu et al. 2025)")
 register("apollo-mini", APOLLOMini, "APOLLO-Mini: rank-1 sketch, one tensor-wise scale (Zhu et al. 2025)")
 register("fira", Fira, "Fira: GaLore + norm-scaled full-rank residual + limiter (Chen et al. 2024)")

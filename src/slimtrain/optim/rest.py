@@ -3,9 +3,12 @@
 At 60M parameters the embeddings and the head hold ~80% of GaLore's optimizer state, so this choice
 matters as much as the rank. A rest rule is one registration: the group keys it sets, and the
 hyperparameters it uses when the recipe's own inner rule is a different one (a GaLore-Lion run
-must not hand Lion's betas to the AdamW of its embeddings)::
+must not hand Lion's betas to the AdamW of its embeddings), as below::
 
     register_rest("adamw8bit", {"rule": "adam", "state_bits": 8}, {"betas": (0.9, 0.999), "eps": 1e-8})
+
+The AdamW rest rules name their state precision: ``"adamw"`` keeps the parameter's dtype whatever
+the recipe's ``state_bits``, ``"adamw8bit"`` / ``"adamw4bit"`` quantize (lowbit.py).
 """
 
 from __future__ import annotations
@@ -38,5 +41,8 @@ def rest_keys(name: str, recipe_rule: str) -> dict[str, Any]:
     return dict(keys) if keys["rule"] == plain_rule(recipe_rule) else {**own_defaults, **keys}
 
 
-register_rest("adamw", {"rule": "adam"}, {"betas": (0.9, 0.999), "eps": 1e-8})
+_ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+register_rest("adamw", {"rule": "adam", "state_bits": None}, _ADAM_DEFAULTS)
+register_rest("adamw8bit", {"rule": "adam", "state_bits": 8}, _ADAM_DEFAULTS)
+register_rest("adamw4bit", {"rule": "adam", "state_bits": 4}, _ADAM_DEFAULTS)
 register_rest("adafactor", {"rule": "adafactor"})

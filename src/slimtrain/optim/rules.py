@@ -43,6 +43,8 @@ class Rule:
     name = ""
     #: moments that reprojection may carry to a new basis: key → "first" (linear) / "second"
     reprojectable: dict[str, str] = {}
+    #: moments that are never negative (low-bit storage gives them an unsigned map)
+    nonnegative: tuple[str, ...] = ()
 
     def moment_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
         raise NotImplementedError
@@ -66,6 +68,7 @@ class AdamRule(Rule):
 
     name = "adam"
     reprojectable = {"exp_avg": "first", "exp_avg_sq": "second"}
+    nonnegative = ("exp_avg_sq",)
 
     def moment_shapes(self, shape, group):
         return {"exp_avg": tuple(shape), "exp_avg_sq": tuple(shape)}
@@ -135,6 +138,7 @@ class AdafactorRule(Rule):
     """
 
     name = "adafactor"
+    nonnegative = ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
 
     def moment_shapes(self, shape, group):
         shape = tuple(shape)
@@ -223,6 +227,7 @@ class NaturalRule(Rule):
     """
 
     name = "natural"
+    nonnegative = ("exp_avg_sq",)
 
     def moment_shapes(self, shape, group):
         shape = tuple(shape)

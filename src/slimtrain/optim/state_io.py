@@ -5,15 +5,13 @@ Mixed into ``PipelineOptimizer``; relies on its ``_plans`` and the group keys of
 
 from __future__ import annotations
 
-import math
 from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import basis_store, refresh
-from .rules import RULES
+from . import basis_store, lowbit, refresh
 from .subspace import projected_shape
 
 STATE_FORMAT = 1
@@ -35,10 +33,8 @@ class StateIO:
         for group in self.param_groups:
             for p in group["params"]:
                 plan = self._plans[p]
-                elem = _elem_bytes(p.dtype)
                 shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else p.shape
-                moments = RULES[plan.rule].moment_shapes(tuple(shape), group).values()
-                states += sum(math.prod(s) for s in moments) * elem
+                states += lowbit.moment_bytes(lowbit.layout(group, plan.rule, p, tuple(shape)))
                 if plan.projected:
                     states += 2 * _COUNTER + refresh.lazy_bytes(group)
                     if group["limiter"] is not None:
@@ -98,16 +94,16 @@ class StateIO:
 
     def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         plan = self._plans[p]
+        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
+        expected = lowbit.stored_shapes(lowbit.layout(group, plan.rule, p, shape))
         if plan.projected:
-            moments = RULES[plan.rule].moment_shapes(projected_shape(p.shape, plan.rank, plan.side), group)
-            expected = {**moments, **basis_store.expected_shapes(p.shape, plan.rank, plan.side, group)}
-        else:
-            expected = RULES[plan.rule].moment_shapes(tuple(p.shape), group)
+            expected.update(basis_store.expected_shapes(p.shape, plan.rank, plan.side, group))
         for key, shape in expected.items():
             got = state.get(key)
             if got is None or tuple(got.shape) != tuple(shape):
                 found = None if got is None else tuple(got.shape)
                 raise ValueError(
                     f"optimizer state of {plan.name!r} has {key} of shape {found}, expected {shape}: "
-                    "the checkpoint was saved for a different model, rank, rule or projection side"
+                    "the checkpoint was saved for a different model, rank, rule, projection side "
+                    "or state_bits"
                 )

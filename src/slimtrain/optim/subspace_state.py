@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
-from . import basis_store, refresh
+from . import basis_store, lowbit, refresh
 from .groups import ParamPlan
 from .rules import RULES
 from .selectors import GRADIENT_SELECTORS, random_orthonormal_basis, select_basis
@@ -44,20 +44,27 @@ def _first_state(opt, group, p: Tensor, plan: ParamPlan, state: dict, off: int) 
         refresh.lazy_init(state, group, off)
 
 
-def _switch(group, plan: ParamPlan, state: dict, previous: Tensor | None, basis: Tensor | None
-            ) -> None:
+def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | None,
+            basis: Tensor | None) -> None:
     """Apply the switch policy to the moments at a basis change."""
     rule = RULES[plan.rule]
+    layout = lowbit.layout(group, plan.rule, p, projected_shape(p.shape, plan.rank, plan.side))
     if group["switch"] == "reset":
-        for key in rule.moment_shapes((1, 1), group):
+        for key in lowbit.stored_shapes(layout):  # zero codes with zero scales are zero moments
             state[key].zero_()
         state["moment_step"].zero_()
     elif group["switch"] == "reproject":
         moments = rule.reprojectable
         first = next(k for k, v in moments.items() if v == "first")
         second = next((k for k, v in moments.items() if v == "second"), None)
-        scratch = state[first].new_zeros(state[first].shape) if second is None else state[second]
-        reproject_moments_(state[first], scratch, previous, basis, plan.side)
+        # Low-bit moments are carried in float32 and requantized; others in place.
+        m = lowbit.load_moment(state, first, *layout[first], dtype=None)
+        v = m.new_zeros(m.shape) if second is None else lowbit.load_moment(
+            state, second, *layout[second], dtype=None)
+        reproject_moments_(m, v, previous, basis, plan.side)
+        for key, value in ((first, m), (second, v)):
+            if key is not None:
+                lowbit.store_moment_(state, key, layout[key][0], value)
 
 
 def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
@@ -84,7 +91,7 @@ def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state:
     if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset
         basis_store.store(state, None, group, seed=seed)
         if not first and group["switch"] == "reset":
-            _switch(group, plan, state, None, None)
+            _switch(group, p, plan, state, None, None)
         return None
     previous = None if first else current_basis(group, p, plan, state)
     generator = torch.Generator().manual_seed(seed)
@@ -113,7 +120,7 @@ def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state:
         basis = current_basis(group, p, plan, state)  # project with what is stored
         projected = None
     if previous is not None:
-        _switch(group, plan, state, previous, basis)
+        _switch(group, p, plan, state, previous, basis)
     if group["refresh"] == "lazy":
         sim = None if previous is None else refresh.similarity(basis, previous, plan.side)
         refresh.lazy_after_refresh(state, group, step, sim)

@@ -1,0 +1,61 @@
+"""Building the model a run trains: a preset (fresh weights) or a local Hugging Face directory.
+
+A directory holds at least ``config.json``; with weights (``*.safetensors`` / ``*.bin``) they are
+loaded (fine-tuning, continued pretraining), without them the model starts from fresh weights of
+that configuration. Nothing is ever downloaded (``local_files_only``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .config import model_config
+from .presets import PRESETS
+
+
+def is_preset(spec: str) -> bool:
+    return spec.lower().removeprefix("llama-").removeprefix("llama_") in PRESETS
+
+
+def has_weights(path: Path) -> bool:
+    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+
+
+def config_for(spec: str):
+    """``model_config`` with its complaints turned into user errors."""
+    try:
+        return model_config(spec)
+    except (ValueError, OSError) as err:
+        raise UserError(f"--model {spec!r}: {str(err).splitlines()[0]}") from None
+
+
+def check_pretrained(spec: str) -> None:
+    """Fine-tuning needs weights to start from: a directory that holds them."""
+    if is_preset(spec) or not has_weights(Path(spec)):
+        raise UserError(f"fine-tuning needs pretrained weights, but {spec!r} is "
+                        f"{'a preset' if is_preset(spec) else 'a directory without weights'}; pass a "
+                        "local directory with config.json and model.safetensors (e.g. a checkpoint)")
+
+
+def build_model(spec: str, seed: int) -> torch.nn.Module:
+    """A causal LM in float32 (master weights; bf16 comes from autocast)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would cut into our log
+    config = config_for(spec)
+    path = Path(spec)
+    torch.manual_seed(seed)  # fresh weights are a function of the seed
+    try:
+        if not is_preset(spec) and has_weights(path):
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                         dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"could not build a causal language model from {spec!r} "
+                        f"({str(err).splitlines()[0]})") from None
+    return model

@@ -1,0 +1,196 @@
+"""The settings of a run: defaults < config file (YAML or TOML) < command-line flags.
+
+Every field's help text is shown by ``slimtrain pretrain --help``; the CLI builds one flag per
+field (``batch_size`` → ``--batch-size``). A run directory keeps its resolved settings in
+``config.yaml``, which ``--resume`` reads back and ``--config`` accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+
+def _f(default: Any, help: str, **kw):
+    factory = kw.pop("factory", None)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("tiny", "Preset (tiny, small, 60m, 130m, 350m, 1b, 7b) or a local Hugging Face "
+                    "model directory (config.json, plus weights to start from them).")
+    data: str | None = _f(None, "Text file, JSONL file, directory of them, or a dataset saved with "
+                          "save_to_disk. Default: the embedded corpus (Python standard library sources).")
+    tokenizer: str | None = _f(None, "Tokenizer directory (Hugging Face layout). Default: the model "
+                               "directory's own, or for presets a byte-level BPE trained on the corpus.")
+    text_field: str = _f("text", "JSONL field / dataset column holding the text.")
+    prompt_field: str | None = _f(None, "JSONL field / column holding a prompt that precedes the "
+                                  "text and is masked out of the loss (fine-tuning).")
+    optimizer: str = _f("galore-adamw", "Optimizer recipe (see `slimtrain optimizers`).")
+    lr: float | None = _f(None, "Peak learning rate. Default: the recipe's (galore-adamw 0.01, "
+                          "adamw 0.001); fine-tuning 3e-5.")
+    rank: int | None = _f(None, "Projection rank for recipes that project. Default: the recipe's "
+                          "(e.g. 128), capped at hidden size / 4 (the GaLore papers' 60M ratio).")
+    weight_decay: float | None = _f(None, "Decoupled weight decay. Default: the recipe's.")
+    optim_args: dict = _f(None, "Extra recipe argument KEY=VALUE (repeatable), e.g. "
+                          "refresh_every=200, scale=0.25.", factory=dict)
+    steps: int = _f(300, "Optimizer steps.")
+    batch_size: int = _f(8, "Sequences per micro-batch.")
+    seq_len: int = _f(256, "Tokens per sequence (packed blocks).")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    warmup_steps: int | None = _f(None, "Linear warmup steps. Default: 10% of --steps.")
+    min_lr_ratio: float = _f(0.1, "Cosine decay ends at this fraction of the peak lr (papers: 0.1).")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    precision: str = _f("auto", "fp32, bf16 (autocast), or auto: bf16 on GPUs that support it, "
+                        "fp32 on CPU (exact resume is guaranteed in fp32 on CPU).")
+    activation_checkpointing: bool = _f(False, "Recompute activations in the backward pass "
+                                        "(less memory, ~30% more compute).")
+    fused_backward: bool = _f(False, "Update each layer during the backward pass (not available yet).")
+    eval_every: int = _f(50, "Evaluate validation loss/perplexity every N steps (and at the end).")
+    eval_batches: int = _f(8, "Validation batches per evaluation (fixed, the same every time).")
+    val_fraction: float = _f(0.05, "Share of documents held out for validation (by content hash).")
+    log_every: int = _f(10, "Write a metrics.jsonl line every N steps.")
+    save_every: int = _f(200, "Write a checkpoint every N steps (and at the end).")
+    keep_last: int = _f(2, "Checkpoints to keep (older ones are deleted after a newer one is written).")
+    seed: int = _f(0, "Seed for the initial weights and the data order.")
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto (a GPU when there is one).")
+    threads: int | None = _f(None, "CPU threads for torch. Default: $OMP_NUM_THREADS if set, else the "
+                             "idle cores (cores minus the load average, at least 1). Results depend on "
+                             "it in the last bits, so a resumed run keeps its run's count.")
+    out: str | None = _f(None, "Run directory. Default: runs/<command>-<model>-<optimizer>-<time>.")
+
+    def validate(self) -> "TrainConfig":
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+                     "log_every", "save_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise UserError(f"--warmup-steps must lie in [0, --steps={self.steps}], got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"--min-lr-ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise UserError(f"--grad-clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        return self
+
+
+# What fine-tuning changes: a pretrained model needs a far smaller step than training from scratch.
+FINETUNE_DEFAULTS = dict(model=None, lr=3e-5, steps=200, eval_every=50, save_every=100)
+
+# Settings that a resumed run may change: none of them alters what is computed.
+RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out"}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-").removesuffix("s") if name == "optim_args" else name.replace("_", "-")
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+
+
+def field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check a value from a config file against the field's type (YAML/TOML already typed it)."""
+    kind = {f.name: f for f in fields(TrainConfig)}[name].type
+    if value is None:
+        if "None" in kind:
+            return None
+        raise UserError(f"{where}: {name} cannot be empty")
+    expected = (bool if kind.startswith("bool") else int if kind.startswith("int")
+                else float if kind.startswith("float") else dict if kind.startswith("dict") else str)
+    ok = (isinstance(value, expected) and not (expected is int and isinstance(value, bool))) or (
+        expected is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"{where}: {name} must be {expected.__name__}, got {value!r}")
+    return float(value) if expected is float else value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML (.yaml/.yml) or TOML (.toml) file; keys may use - or _."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        if path.suffix.lower() == ".toml":
+            raw = tomllib.loads(path.read_text())
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            raw = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise UserError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise UserError(f"config file {str(path)!r} is not valid: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of option: value")
+    names = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name == "kind":
+            continue  # written into run directories; not an option
+        if name not in names:
+            raise UserError(f"config file {str(path)!r}: unknown option {key!r}; options are "
+                            f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
+        out[name] = _coerce(name, value, str(path))
+    return out
+
+
+def resolve(kind: str, file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    """Defaults for ``kind`` ('pretrain' or 'finetune'), then the config file, then the flags given."""
+    values = {f.name: (f.default_factory() if f.default is MISSING else f.default)
+              for f in fields(TrainConfig)}
+    if kind == "finetune":
+        values.update(FINETUNE_DEFAULTS)
+    values.update(file_values)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "optim_args" in flags:  # recipe arguments merge, key by key
+        flags["optim_args"] = {**values["optim_args"], **flags["optim_args"]}
+    values.update(flags)
+    if values["model"] is None:
+        raise UserError("fine-tuning needs --model: a local directory with a pretrained model "
+                        "(config.json, model.safetensors, tokenizer)")
+    return TrainConfig(**values).validate()
+
+
+def save_config(config: TrainConfig, kind: str, path: Path) -> None:
+    path.write_text(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False))
+
+
+def load_run_config(path: Path) -> tuple[str, TrainConfig]:
+    raw = yaml.safe_load(path.read_text())
+    kind = raw.pop("kind")
+    return kind, TrainConfig(**raw)
+
+
+def merge_resume(saved: TrainConfig, flags: dict[str, Any]) -> TrainConfig:
+    """The saved settings of a run, with only the harmless ones changed by flags given on --resume."""
+    values = asdict(saved)
+    for name, value in flags.items():
+        if value is None or value == values[name]:
+            continue
+        if name not in RESUMABLE_CHANGES:
+            raise UserError(f"--{_flag(name)} is {values[name]!r} in the run being resumed; a resumed "
+                            "run keeps the settings that shape its results (to change them, start a "
+                            "new run with --out)")
+        values[name] = value
+    return TrainConfig(**values).validate()

@@ -1,0 +1,243 @@
+"""From settings to a ready run: data, tokenizer, model, optimizer, schedule — and, on resume, the
+checkpoint's state. Every user mistake is caught here, before anything is written."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import optim
+from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
+                    load_tokenizer, tokenized)
+from ..errors import UserError
+from ..models import build_model, check_pretrained, config_for, is_preset
+from . import checkpoint
+from .config import TrainConfig
+
+
+@dataclass
+class Run:
+    kind: str                       # "pretrain" or "finetune"
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    autocast: torch.dtype | None    # bf16 autocast, or None for fp32
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train: Blocks
+    val: Blocks
+    order: EpochOrder
+    describe: dict = field(default_factory=dict)  # what the run is, for the log and the summary
+    step: int = 0                   # optimizer steps done
+    tokens: int = 0                 # training tokens consumed
+    position: int = 0               # training blocks consumed (the data position)
+    elapsed_s: float = 0.0          # training time so far, over all sessions of the run
+    resumed_from: Path | None = None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for a GPU, but torch sees none; use --device cpu")
+    return device
+
+
+def _threads(requested: int | None) -> int:
+    """Oversubscribed OpenMP threads on a shared machine are slower than one (4× here), so by
+    default use only the cores that are idle."""
+    if requested is not None:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    idle = (os.cpu_count() or 1) - round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1 << 30
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                 else device.type in ("cpu", "mps"))
+    if precision == "bf16":
+        if not supported:
+            raise UserError(f"--precision bf16 is not supported on {device}; use --precision fp32")
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and supported else None  # auto
+
+
+def _records(config: TrainConfig, say: Callable[[str], None]):
+    """(records factory, cache key, description) for the corpus."""
+    if config.data is None:
+        corpus = default_corpus()
+        say(f"corpus: {corpus.describe()}")
+        return (lambda: iter_records(corpus.path)), corpus.sha256, "the embedded corpus"
+    path = Path(config.data)
+    key = f"{fingerprint(path)}\0{config.text_field}\0{config.prompt_field}"
+    say(f"corpus: {path}")
+    return (lambda: iter_records(path, config.text_field, config.prompt_field)), key, repr(str(path))
+
+
+def _tokenizer(config: TrainConfig, records, corpus_key: str, vocab_size: int, say):
+    if config.tokenizer:
+        return load_tokenizer(config.tokenizer), Path(config.tokenizer)
+    if not is_preset(config.model):
+        if not (Path(config.model) / "tokenizer_config.json").exists() and not (
+                Path(config.model) / "tokenizer.json").exists():
+            raise UserError(f"the model directory {config.model!r} has no tokenizer; pass --tokenizer")
+        return load_tokenizer(config.model), Path(config.model)
+    texts = lambda: (prompt + text for prompt, text in records())  # noqa: E731
+    return cached_bpe(texts, corpus_key, vocab_size, say)
+
+
+def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
+    """Recipe arguments from the flags: only those the recipe takes (a flag it ignores is an error)."""
+    recipe = optim.recipe(config.optimizer)
+    params = inspect.signature(recipe.factory).parameters
+    kwargs = dict(config.optim_args)
+    for name in ("lr", "weight_decay"):
+        if getattr(config, name) is not None:
+            kwargs[name] = getattr(config, name)
+    if "rank" in params:
+        default = params["rank"].default
+        if config.rank is not None:
+            kwargs["rank"] = config.rank
+        elif isinstance(default, int):
+            # The authors' ranks (128…) are sized for 60M+ models; capped at hidden/4 (the papers'
+            # 60M ratio) a small model still projects instead of falling back to full rank.
+            kwargs["rank"] = max(1, min(default, hidden_size // 4))
+    elif config.rank is not None:
+        raise UserError(f"--rank does not apply to {recipe.name}, which does not project gradients; "
+                        "drop --rank or choose a projecting optimizer")
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        options = [p for p in params if p not in ("self", "model_or_params")]
+        raise UserError(f"optimizer {recipe.name} takes no argument {unknown[0]!r}; it takes "
+                        f"{', '.join(options)}")
+    return kwargs
+
+
+def default_run_dir(kind: str, config: TrainConfig) -> Path:
+    model = config.model if is_preset(config.model) else Path(config.model).name
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{model}-{config.optimizer}-{stamp}"
+
+
+def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
+            say: Callable[[str], None] = print) -> Run:
+    device = _device(config.device)
+    autocast = _autocast(config.precision, device)
+    config.threads = _threads(config.threads)  # resolved once, saved with the run, kept on resume
+    torch.set_num_threads(config.threads)
+    if config.fused_backward:
+        raise UserError("--fused-backward (layer-wise updates during the backward pass) is not "
+                        "available in this version of slimtrain yet; run without it")
+    try:
+        optim.recipe(config.optimizer)  # unknown names fail now, before any data work
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    mconfig = config_for(config.model)
+    if kind == "finetune" and resume is None:
+        check_pretrained(config.model)
+    max_len = getattr(mconfig, "max_position_embeddings", None)
+    if max_len is not None and config.seq_len > max_len:
+        raise UserError(f"--seq-len {config.seq_len} is longer than the model's maximum of {max_len} "
+                        f"positions; use --seq-len {max_len} or less")
+    ckpt = None
+    if resume is not None:
+        ckpts = checkpoint.list_checkpoints(resume)
+        if not ckpts:
+            raise UserError(f"{resume} holds no checkpoint to resume from")
+        ckpt = ckpts[-1]
+        state = checkpoint.load_trainer_state(ckpt)  # a damaged checkpoint fails before data work
+
+    records, corpus_key, corpus_name = _records(config, say)
+    tokenizer, tok_path = _tokenizer(config, records, corpus_key, mconfig.vocab_size, say)
+    if len(tokenizer) > mconfig.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer):,} tokens but the model's vocabulary holds "
+                        f"{mconfig.vocab_size:,}; use the model's own tokenizer, or one with at most "
+                        f"{mconfig.vocab_size:,} tokens")
+    say(f"tokenizer: {len(tokenizer):,} tokens ({tok_path})")
+    files = tokenized(records, corpus_key, tokenizer, config.val_fraction, bool(config.prompt_field),
+                      corpus_name, say)
+    meta = files.meta
+    train = Blocks(files.tokens("train"), files.mask("train"), config.seq_len)
+    val = Blocks(files.tokens("val"), files.mask("val"), config.seq_len)
+    say(f"tokens: {meta['train_tokens']:,} train ({meta['train_documents']:,} documents), "
+        f"{meta['val_tokens']:,} validation ({meta['val_documents']:,} documents, held out by "
+        f"content hash)")
+    if len(train) < config.batch_size:
+        raise UserError(f"the training split holds {len(train)} blocks of {config.seq_len} tokens, fewer "
+                        f"than one batch of {config.batch_size}; add data or lower --batch-size / --seq-len")
+    if len(val) == 0:
+        raise UserError(f"the validation split holds {meta['val_tokens']} tokens, less than one "
+                        f"sequence of {config.seq_len}; raise --val-fraction, add data, or lower --seq-len")
+
+    model = build_model(config.model, config.seed)
+    if ckpt is not None:
+        checkpoint.load_weights(ckpt, model)
+    model.to(device)
+    if config.activation_checkpointing:
+        model.config.use_cache = False
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    hidden = getattr(model.config, "hidden_size", 256)
+    try:
+        optimizer = optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden))
+    except (ValueError, TypeError) as err:  # the recipes' checks of their arguments
+        raise UserError(f"optimizer {config.optimizer}: {err}") from None
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, warmup, config.steps, min_lr_rate=config.min_lr_ratio)
+
+    params = sum(p.numel() for p in model.parameters())
+    run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
+              val, EpochOrder(len(train), config.seed))
+    run.describe = dict(model=config.model, params=params, optimizer=config.optimizer,
+                        lr=scheduler.base_lrs[0], device=str(device),
+                        precision="bf16 autocast" if autocast else "fp32",
+                        train_tokens=meta["train_tokens"], val_tokens=meta["val_tokens"])
+    if ckpt is not None:
+        _restore(run, ckpt, state)
+    return run
+
+
+def _restore(run: Run, ckpt: Path, state: dict) -> None:
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.step, run.tokens, run.position = state["step"], state["tokens"], state["position"]
+        run.elapsed_s = float(state["elapsed_s"])
+        checkpoint.set_rng_state(state["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise UserError(f"checkpoint {ckpt} does not match this run ({str(err).splitlines()[0][:160]}); "
+                        "resume it with the settings it was written with") from None
+    run.resumed_from = ckpt
+
+
+def trainer_state(run: Run) -> dict:
+    from .checkpoint import rng_state
+
+    return dict(step=run.step, tokens=run.tokens, position=run.position, elapsed_s=run.elapsed_s,
+                optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                rng=rng_state())
