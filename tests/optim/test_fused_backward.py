@@ -273,3 +273,24 @@ def test_parameters_outside_the_optimizer_are_reported():
     opt = so.create("adamw", [p for n, p in model.named_parameters() if "embed" not in n])
     with pytest.warns(UserWarning, match="1 trainable parameters of the model are not in the optimizer"):
         so.fuse_backward(model, opt)
+
+
+def test_refresh_from_first_micro_batch():
+    """refresh_from="first": on a refresh step the basis comes from the first micro-batch's
+    gradient (the one an ordinary optimizer would pick from that micro-batch alone) and every
+    micro-batch then accumulates R — no full gradient is held on any step."""
+    model, opt, sched, handle = make("galore-adamw", True, 2, fuse_kw=dict(refresh_from="first"),
+                                     **GALORE)
+    targets = [p for n, p in model.named_parameters() if "mlp" in n or "self_attn" in n]
+    held = []
+    train(model, opt, sched, 1, 2, handle=handle,
+          between=lambda *_: held.append(all(p.grad is None for p in targets)))
+    assert held == [True]
+
+    single, single_opt, _, _ = make("galore-adamw", False, **GALORE)
+    llama_loss(single, 0, 0, 2).backward()  # the first micro-batch alone, scaled as in the step
+    single_opt.step()
+    for (name, p), q in zip(model.named_parameters(), single.parameters()):
+        if "mlp" in name or "self_attn" in name:
+            torch.testing.assert_close(opt.state[p]["basis"], single_opt.state[q]["basis"],
+                                       rtol=0, atol=1e-6)

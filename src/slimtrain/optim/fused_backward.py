@@ -188,7 +188,8 @@ class FusedBackward:
             warn(f"layer-wise updates with grad_accum={self.grad_accum}: refresh steps (the first "
                  "step, then every refresh_every) accumulate the full gradient of every matrix "
                  "that refreshes, so the first step holds as many gradients as ordinary training; "
-                 "stagger=True spreads later refreshes, refresh_from='first' keeps them low-rank")
+                 "stagger=True spreads later refreshes, refresh_from='first' (trainer: "
+                 "--fused-refresh-from first) keeps them low-rank")
         if self.max_grad_norm is not None:
             warn(f"with grad_accum={self.grad_accum}, {len(low_rank)} projected matrices accumulate "
                  "their projected gradient, so clipping measures their norm inside the subspace "

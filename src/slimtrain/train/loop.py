@@ -73,7 +73,9 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
 
 def train_step(run: Run) -> tuple[float, float | None]:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss and
-    the gradient norm (before clipping)."""
+    the gradient norm (before clipping). With layer-wise updates (``run.fused``) the parameters
+    are updated inside the last micro-batch's backward pass, clipped by the previous step's norm;
+    ``optimizer.step()`` then only finishes the step."""
     cfg = run.config
     total = 0.0
     for _ in range(cfg.grad_accum):
@@ -85,8 +87,9 @@ def train_step(run: Run) -> tuple[float, float | None]:
         total += loss.item()
         run.position += cfg.batch_size
     # The norm before clipping: what the log should show.
+    clip_here = cfg.grad_clip > 0 and run.fused is None  # the layer-wise handle clips by itself
     grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
-                 if cfg.grad_clip > 0 else None)
+                 if clip_here else None)
     run.optimizer.step()
     if grad_norm is None:
         grad_norm = getattr(run.optimizer, "grad_norm", None)
@@ -160,6 +163,8 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 record = dict(step=run.step, loss=last_loss, lr=run.scheduler.get_last_lr()[0],
                               tokens=run.tokens, grad_norm=grad_norm,
                               tokens_per_s=round(tokens_per_s, 1))
+                if run.fused is not None and not run.fused.grad_norm_exact:
+                    record["grad_norm_exact"] = False  # projected matrices: their in-subspace norm
                 evaluated = run.step % cfg.eval_every == 0 or run.step == cfg.steps
                 if evaluated:
                     val_loss = evaluate(run)
