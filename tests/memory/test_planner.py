@@ -125,6 +125,15 @@ def test_fused_backward_accumulation_buffers():
         plan("60m", "galore-adamw", fused_backward=True, grad_accum=2, fused_refresh_from="last")
 
 
+def test_fused_backward_steps_one_matrix_at_a_time():
+    """The step's low-rank temporaries (R and the direction, 2·r·max(m, n)): every matrix's at
+    once when the whole group steps; the largest matrix's alone with layer-wise updates."""
+    whole = plan("60m", "galore-adamw", rank=128).details["step_temporaries"]
+    fused = plan("60m", "galore-adamw", rank=128, fused_backward=True).details["step_temporaries"]
+    assert whole == 8 * 2 * (4 * 128 * 512 + 3 * 128 * 1376) * 4
+    assert fused == 2 * 128 * 1376 * 4
+
+
 def test_budget_lists_settings_that_fit_best_first():
     budget = parse_bytes("3GiB")
     fits = fitting_settings(budget, "60m", seq_len=256)

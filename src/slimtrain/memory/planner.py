@@ -109,8 +109,10 @@ def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accu
     return planned_gradient_bytes(optimizer, grad_accum=grad_accum, refresh_from=refresh_from)
 
 
-def _refresh_workspace(optimizer, param_elem: int) -> tuple[int, int]:
-    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes."""
+def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple[int, int]:
+    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes. A step over the
+    whole group holds every matrix's temporaries at once; layer-wise updates (``one_at_a_time``)
+    step one parameter at a time, so only the largest one's."""
     from ..optim.subspace import projected_shape
 
     step, refresh = 0, 0
@@ -122,7 +124,8 @@ def _refresh_workspace(optimizer, param_elem: int) -> tuple[int, int]:
             m, n = p.shape
             r = plan.rank
             # the projected gradient and the Adam direction, both r×max(m, n), live through the step
-            step += 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
+            own = 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
+            step = max(step, own) if one_at_a_time else step + own
             copy = 0 if param_elem == 4 else m * n * 4  # fp32 copy of a low-precision gradient
             k = min(m, n)
             if group.get("basis") == "svd":  # thin SVD: U, S, Vh and LAPACK's gesdd workspace
@@ -176,7 +179,7 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     optimizer = _build_optimizer(recipe, meta, recipe_kwargs)
     if not hasattr(optimizer, "planned_state_bytes"):
         raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
-    step_tmp, refresh = _refresh_workspace(optimizer, elem)
+    step_tmp, refresh = _refresh_workspace(optimizer, elem, fused_backward)
     settings = dict(seq_len=seq_len, param_dtype=str(dtype).removeprefix("torch."), autocast=autocast,
                     fused_backward=fused_backward, grad_accum=grad_accum,
                     activation_checkpointing=activation_checkpointing, **recipe_kwargs)
