@@ -6,6 +6,7 @@ clipping, and saves the weights and norms for the test to compare."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 import time
@@ -17,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import slimtrain.optim as so
 
-from .fused_helpers import clip_previous_
+from .fused_helpers import train as run_steps
 
 WORLD = 2
 STEPS = 4
@@ -50,26 +51,20 @@ def train(recipe: str, *, rank: int | None, fused: bool) -> dict:
     model = net if rank is None else DistributedDataParallel(net)
     opt = so.create(recipe, net, **RECIPES[recipe])
     handle = so.fuse_backward(model, opt, grad_accum=GRAD_ACCUM, max_grad_norm=MAX_NORM) if fused else None
-    norms, previous = [], None
-    params = list(net.parameters())
-    for step in range(STEPS):
-        for micro in range(GRAD_ACCUM):
-            x, y = data(step, micro)
-            if rank is not None:
-                half = GLOBAL_BATCH // WORLD
-                x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
-            sync = rank is None or micro == GRAD_ACCUM - 1
-            with (model.no_sync() if not sync else torch.enable_grad()):
-                loss = torch.nn.functional.mse_loss(model(x), y) / GRAD_ACCUM
-                loss.backward()
-        if handle is None:
-            previous = clip_previous_(params, MAX_NORM, previous)
-            norms.append(previous)
-        opt.step()
-        opt.zero_grad()
-        if handle is not None:
-            norms.append(handle.grad_norm)
-    return {"weights": [p.detach().clone() for p in params], "norms": norms}
+
+    def loss_fn(model, step: int, micro: int, grad_accum: int) -> torch.Tensor:
+        x, y = data(step, micro)
+        if rank is not None:
+            half = GLOBAL_BATCH // WORLD
+            x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+        # DDP decides in the forward pass whether the backward all-reduces
+        local = rank is not None and micro < grad_accum - 1
+        with model.no_sync() if local else contextlib.nullcontext():
+            return torch.nn.functional.mse_loss(model(x), y) / grad_accum
+
+    norms = run_steps(model, opt, None, STEPS, GRAD_ACCUM, handle=handle, loss_fn=loss_fn,
+                      max_grad_norm=None if fused else MAX_NORM)
+    return {"weights": [p.detach().clone() for p in net.parameters()], "norms": norms}
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
