@@ -132,8 +132,8 @@ class FusedBackward:
         self._lock = threading.Lock()  # DDP updates run on the communication thread
         self._tracked: set[Tensor] = set()
         self._handles = []
+        self._model_order = self._check_model(model)  # before DDP gets a hook it cannot drop
         self._ddp = fused_ddp.attach(model, self)
-        self._check_model(model)
         for p in self._order():
             self._track(p)
         self._handles += [
@@ -160,16 +160,17 @@ class FusedBackward:
             self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
             self._tracked.add(p)
 
-    def _check_model(self, model: torch.nn.Module) -> None:
+    def _check_model(self, model: torch.nn.Module) -> list[Tensor]:
+        """The model's trainable parameters in its order, after checking them against ours."""
         from torch.distributed.tensor import DTensor
+        from torch.nn.parallel import DistributedDataParallel
 
         ours = set(self._order())
         if any(isinstance(p, DTensor) for p in ours):
             raise ValueError("layer-wise updates of sharded (DTensor / FSDP2) parameters are not "
                              "supported yet; use DDP or a single process")
-        module = getattr(model, "module", model) if self._ddp is not None else model
+        module = model.module if isinstance(model, DistributedDataParallel) else model
         theirs = [p for p in module.parameters() if p.requires_grad]
-        self._model_order = theirs
         if theirs and not any(p in ours for p in theirs):
             raise ValueError("none of the model's parameters is in the optimizer: pass the model "
                              "the optimizer was built for")
@@ -177,6 +178,7 @@ class FusedBackward:
         if left:
             warn(f"{left} trainable parameters of the model are not in the optimizer: their "
                  "gradients accumulate in .grad as usual and are never freed by layer-wise updates")
+        return theirs
 
     def _warn_about_accumulation(self) -> None:
         if self.grad_accum == 1 or self.accumulate == "full" or self._ddp is not None:
@@ -249,7 +251,7 @@ class FusedBackward:
 
     def _apply(self, p: Tensor, pending: _Pending, grad: Tensor | None) -> None:
         """Update ``p`` with its gradient of the step: ``pending.low_rank`` when it accumulated in
-        its subspace, else ``grad`` (its ``.grad``, or DDP's reduced bucket view)."""
+        its subspace, else ``grad`` (its ``.grad``, or a copy of DDP's reduced gradient)."""
         self._pending.pop(p, None)
         target = pending.low_rank if pending.subspace else grad
         if target is None:  # its .grad was dropped by hand: nothing to apply
