@@ -64,3 +64,20 @@ def test_recipes_pair_with_their_reference_by_options():
     assert group("apollo-torch-mini") == "apollo-mini" != group("apollo-mini:rest=adafactor")
     # galore-torch's GaLoreAdafactor trains every parameter with Adafactor
     assert group("galore-torch-adafactor") == group("galore-adafactor:rest=adafactor:lr=0.02")
+
+
+def test_trainer_options_go_to_the_trainer_and_the_benchmark_settings_to_every_method(tmp_path):
+    from slimtrain.bench.trials import Trial, trial_spec
+
+    s = settings("galore-adamw:fused_backward=true:rank=8", "galore-torch-adamw", "adamw", rank=16,
+                 refresh_every=50)
+    resolve(s)
+    ours, peer, adamw = s.specs()
+    spec = trial_spec(Trial(ours, 1e-2, 0, "sweep"), s, tmp_path, is_recipe=True)
+    assert spec["train"]["fused_backward"] is True and "fused_backward" not in spec["options"]
+    assert spec["train"]["rank"] == 8 and spec["train"]["optim_args"] == {"refresh_every": 50}
+    spec = trial_spec(Trial(peer, 1e-2, 0, "sweep"), s, tmp_path, is_recipe=False)
+    assert spec["rank"] == 16 and spec["options"] == {"refresh_every": 50} and "rank" not in spec["train"]
+    spec = trial_spec(Trial(adamw, 1e-3, 1, "seed"), s, tmp_path, is_recipe=True)
+    assert spec["train"]["rank"] is None and spec["train"]["optim_args"] == {}  # adamw projects nothing
+    assert spec["train"]["seed"] == 1 and spec["train"]["steps"] == 4 and spec["weight_decay"] == 0.0

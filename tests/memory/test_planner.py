@@ -47,6 +47,33 @@ def test_planned_state_bytes_equal_measured_for_every_recipe(recipe):
         assert planned.to_dict()[part] == measured[part]
 
 
+@pytest.mark.parametrize("recipe", so.available())
+@pytest.mark.parametrize("grad_accum,refresh_from", [(1, "accumulated"), (2, "first")])
+def test_planned_fused_gradients_bound_measured(recipe, grad_accum, refresh_from):
+    """Layer-wise: the planned gradient bytes (the gradient being produced, at most the largest,
+    plus the accumulation buffers) bound the measured peak, and equal it without accumulation.
+    Below ordinary training's, except where every gradient accumulates in full (AdamW, and the
+    recipes whose update reads G: APOLLO, Fira, FRUGAL) — there by that one incoming gradient."""
+    config = small_config()
+    kwargs = small_kwargs(recipe)
+    model, opt = build(config, recipe, **kwargs)
+    low_rank = any(opt.takes_low_rank(g, p) for g in opt.param_groups for p in g["params"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        measured = measure(model, opt, batch_size=2, seq_len=16, steps=2, fused_backward=True,
+                           grad_accum=grad_accum, refresh_from=refresh_from)
+    planned = plan(config, recipe, batch_size=2, seq_len=16, fused_backward=True,
+                   grad_accum=grad_accum, fused_refresh_from=refresh_from, **kwargs).gradients
+    ordinary = plan(config, recipe, batch_size=2, seq_len=16, **kwargs).gradients
+    assert measured["gradients"] <= planned
+    if grad_accum == 1:
+        assert measured["gradients"] == planned < ordinary
+    elif low_rank:
+        assert planned < ordinary
+    else:
+        assert planned == ordinary + max(p.numel() * 4 for p in model.parameters())
+
+
 @pytest.mark.parametrize("dtype,autocast,ckpt", [
     (torch.float32, False, False), (torch.bfloat16, False, False),
     (torch.float32, True, False), (torch.float32, False, True)])
@@ -80,6 +107,33 @@ def test_fused_backward_keeps_one_gradient():
     assert result.gradients == 32000 * 512 * 4  # the largest parameter: embeddings / LM head
 
 
+def test_fused_backward_accumulation_buffers():
+    """With grad_accum > 1: low-rank buffers for GaLore's matrices with refresh_from="first"; with
+    the default "accumulated" refresh the first step holds every gradient in full."""
+    ordinary = plan("60m", "galore-adamw", rank=128).gradients
+    largest = 32000 * 512 * 4
+    accumulated = plan("60m", "galore-adamw", rank=128, fused_backward=True, grad_accum=4)
+    assert accumulated.gradients == ordinary + largest
+    first = plan("60m", "galore-adamw", rank=128, fused_backward=True, grad_accum=4,
+                 fused_refresh_from="first")
+    # 8 layers: q, k, v, o (512×512 → 128×512) and gate, up (512×1376 → 128×1376), down (1376×512 → 1376×128)
+    low_rank = 8 * (4 * 128 * 512 + 3 * 128 * 1376) * 4
+    rest = ordinary - 8 * (4 * 512 * 512 + 3 * 512 * 1376) * 4  # embeddings, head, norms in full
+    assert first.gradients == largest + low_rank + rest
+    assert first.settings["fused_refresh_from"] == "first"
+    with pytest.raises(ValueError, match="fused_refresh_from"):
+        plan("60m", "galore-adamw", fused_backward=True, grad_accum=2, fused_refresh_from="last")
+
+
+def test_fused_backward_steps_one_matrix_at_a_time():
+    """The step's low-rank temporaries (R and the direction, 2·r·max(m, n)): every matrix's at
+    once when the whole group steps; the largest matrix's alone with layer-wise updates."""
+    whole = plan("60m", "galore-adamw", rank=128).details["step_temporaries"]
+    fused = plan("60m", "galore-adamw", rank=128, fused_backward=True).details["step_temporaries"]
+    assert whole == 8 * 2 * (4 * 128 * 512 + 3 * 128 * 1376) * 4
+    assert fused == 2 * 128 * 1376 * 4
+
+
 def test_budget_lists_settings_that_fit_best_first():
     budget = parse_bytes("3GiB")
     fits = fitting_settings(budget, "60m", seq_len=256)
@@ -87,10 +141,10 @@ def test_budget_lists_settings_that_fit_best_first():
     assert [f.state_bytes for f in fits] == sorted((f.state_bytes for f in fits), reverse=True)
     for f in fits[:4]:
         kwargs = {k: v for k, v in f.settings.items() if k in ("rank", "state_bits")}
-        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256,
-                  activation_checkpointing=f.settings["activation_checkpointing"], **kwargs)
-        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256,
-                     activation_checkpointing=f.settings["activation_checkpointing"], **kwargs)
+        kwargs.update(activation_checkpointing=f.settings["activation_checkpointing"],
+                      fused_backward=f.settings["fused_backward"])
+        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256, **kwargs)
+        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256, **kwargs)
         assert at.total <= budget < above.total
     assert rank_ladder(512) == [256, 128, 64]
 

@@ -72,7 +72,7 @@ def test_tokenizer_larger_than_the_model_vocabulary(model_dir, corpus, tmp_path)
     ({}, ["--optim-arg", "scale=-2"], ("optimizer galore-adamw: scale must be a number > 0",)),
     ({}, ["--optim-arg", "colour=red"], ("takes no argument 'colour'",)),
     ({}, ["--optim-arg", "scale"], ("must look like KEY=VALUE",)),
-    ({}, ["--fused-backward"], ("not available",)),
+    ({}, ["--fused-backward", "--fused-refresh-from", "last"], ("--fused-refresh-from must be",)),
 ])
 def test_bad_settings(model_dir, corpus, tmp_path, setting, extra, fragments):
     fails_with(cli("pretrain", *base_args(model_dir, corpus, tmp_path / "out", **setting), *extra),

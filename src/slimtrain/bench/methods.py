@@ -95,11 +95,13 @@ def check_options(spec: MethodSpec, method: Method) -> None:
     checked by building them on a meta-device model, in ``runner``)."""
     if method.build is None:
         return
-    unknown = [k for k in spec.option_dict() if k != "lr" and k not in method.options]
+    from .trials import TRAINER_OPTIONS
+
+    unknown = [k for k in spec.option_dict() if k not in ("lr", *TRAINER_OPTIONS) and k not in method.options]
     if unknown:
         takes = ", ".join(sorted(method.options)) or "no options"
         raise UserError(f"--methods {spec.text}: {method.name} takes no option {unknown[0]!r} "
-                        f"(it takes {takes}, and lr=)")
+                        f"(it takes {takes}, and lr=, fused_backward=)")
 
 
 def accepts(method: Method, key: str) -> bool:

@@ -35,13 +35,17 @@ def method_dir(out: Path, spec: MethodSpec) -> Path:
     return out / RUNS_DIR / spec.slug
 
 
+# Method options that are the trainer's, not the optimizer's: galore-adamw:fused_backward=true.
+TRAINER_OPTIONS = ("fused_backward",)
+
+
 def recipe_kwargs(spec: MethodSpec, settings: BenchSettings) -> dict[str, Any]:
     """The method's options, with the benchmark's rank and refresh period added where the method
     takes them (its own ``rank=`` / ``refresh_every=`` win), and the benchmark's weight decay."""
     from .methods import accepts, get
 
     method = get(spec.name)
-    options = {k: v for k, v in spec.options if k != "lr"}
+    options = {k: v for k, v in spec.options if k != "lr" and k not in TRAINER_OPTIONS}
     if settings.refresh_every is not None and accepts(method, "refresh_every"):
         options.setdefault("refresh_every", settings.refresh_every)
     rank = options.pop("rank", settings.rank if accepts(method, "rank") else None)
@@ -57,7 +61,7 @@ def trial_spec(trial: Trial, settings: BenchSettings, out: Path, is_recipe: bool
                  precision=settings.precision, eval_every=settings.eval_every,
                  eval_batches=settings.eval_batches, log_every=max(1, settings.eval_every // 2),
                  save_every=settings.steps, keep_last=1, seed=trial.seed, threads=settings.threads,
-                 out=str(trial.run_dir(out)))
+                 out=str(trial.run_dir(out)), **{k: v for k, v in trial.spec.options if k in TRAINER_OPTIONS})
     kw = recipe_kwargs(trial.spec, settings)
     if is_recipe:  # a registry recipe: exactly what `slimtrain pretrain` would run
         train.update(rank=kw["rank"], weight_decay=kw["weight_decay"], optim_args=kw["options"])

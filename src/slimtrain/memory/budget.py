@@ -44,7 +44,8 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
                      max_batch: int = 4096) -> list[Fit]:
     """Every (recipe, rank, state bits, fused backward, checkpointing) that fits ``budget`` bytes
     with at least batch 1, with its largest batch. Best first: the most optimizer state kept (closest
-    to AdamW), then no activation checkpointing (faster), then the largest batch."""
+    to AdamW), then no activation checkpointing (faster), then ordinary backward (clipping by the
+    current norm), then the largest batch."""
     from .. import optim
     from ..models import model_config
 
@@ -55,7 +56,7 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
     for name in names:
         ranks = rank_ladder(config.hidden_size) if recipe_accepts(name, "rank") else [None]
         bits = [32, 8] if recipe_accepts(name, "state_bits") else [None]
-        fused = [False, True] if recipe_accepts(name, "fused_backward") else [False]
+        fused = [False, True]  # layer-wise updates are a mode of every slimtrain optimizer
         for rank in ranks:
             for state_bits in bits:
                 kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
@@ -74,5 +75,6 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
         raise ValueError(f"the budget ({budget / 2**30:.2f} GiB) is below the weights alone "
                          f"({weights_only / 2**30:.2f} GiB): no recipe fits; use a smaller model or "
                          "bfloat16 weights")
-    fits.sort(key=lambda f: (-f.state_bytes, f.settings["activation_checkpointing"], -f.max_batch))
+    fits.sort(key=lambda f: (-f.state_bytes, f.settings["activation_checkpointing"],
+                             f.settings["fused_backward"], -f.max_batch))
     return fits

@@ -36,6 +36,9 @@ def plan_command(
     autocast: bool = typer.Option(False, help="bf16 autocast over float32 parameters."),
     fused_backward: bool = typer.Option(False, help="Layer-wise updates: one gradient alive at a time."),
     grad_accum: int = typer.Option(1, help="Gradient-accumulation micro-batches (matters with --fused-backward)."),
+    fused_refresh_from: str = typer.Option("accumulated", help="With --fused-backward and --grad-accum > 1: a "
+                                           "refreshing basis comes from the 'accumulated' gradient (the first "
+                                           "step holds every gradient in full) or the 'first' micro-batch."),
     activation_checkpointing: bool = typer.Option(False, help="Keep only each layer's input; recompute in backward."),
     budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: list the recipes "
                                                     "and settings that fit, best first, with their largest batch."),
@@ -64,7 +67,8 @@ def plan_command(
         kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
         result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
                       autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
-                      activation_checkpointing=activation_checkpointing, **kwargs)
+                      activation_checkpointing=activation_checkpointing,
+                      fused_refresh_from=fused_refresh_from, **kwargs)
     except ValueError as error:
         _fail(str(error))
         return

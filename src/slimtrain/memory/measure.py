@@ -1,13 +1,15 @@
 """Measure what a few real training steps hold, to check the planner against.
 
-Exact tensor accounting works on any device: bytes of parameters, gradients and optimizer state, and
-the tensors autograd saves for backward (unique storages seen by ``saved_tensors_hooks``). Process
+Exact tensor accounting works on any device: bytes of parameters, gradients (the most alive at any
+gradient's arrival, ``GradientMeter``) and optimizer state, and the tensors autograd saves for
+backward (unique storages seen by ``saved_tensors_hooks``). Process
 level: peak allocator memory on CUDA; on CPU, the peak resident set size (VmHWM, reset before the
 measured steps) — which also holds the allocator's caches and Python itself, so it is an upper check.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -44,6 +46,31 @@ def saved_tensor_bytes(model: nn.Module):
     result["bytes"] = sum(storages.values())
 
 
+class GradientMeter:
+    """Peak bytes of parameter gradients alive at once, sampled whenever a gradient arrives: every
+    gradient tensor seen so far that is still alive (weak references: a gradient still held by
+    anything counts), plus the low-rank sums a layer-wise handle keeps (``accumulator_bytes``).
+    Create it before ``fuse_backward`` so that its hooks run before the update frees the gradient.
+    """
+
+    def __init__(self, params):
+        self.handle = None  # set to the FusedBackward handle to count its accumulators
+        self.peak = 0
+        self._seen: dict[int, weakref.ref] = {}
+        self._hooks = [p.register_post_accumulate_grad_hook(self._sample) for p in params
+                       if p.requires_grad]
+
+    def _sample(self, p: torch.Tensor) -> None:
+        self._seen[id(p.grad)] = weakref.ref(p.grad)
+        alive = [t for t in (ref() for ref in self._seen.values()) if t is not None]
+        held = tensor_bytes(alive) + (0 if self.handle is None else self.handle.accumulator_bytes())
+        self.peak = max(self.peak, held)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux); False where unsupported."""
     try:
@@ -66,33 +93,45 @@ def peak_rss_bytes() -> int | None:
 
 
 def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: int, seq_len: int,
-            steps: int = 2, autocast: bool = False, seed: int = 0) -> dict[str, int | None]:
-    """Run ``steps`` training steps on random token ids and report measured bytes.
+            steps: int = 2, autocast: bool = False, seed: int = 0, fused_backward: bool = False,
+            grad_accum: int = 1, **fuse_kwargs) -> dict[str, int | None]:
+    """Run ``steps`` training steps of ``grad_accum`` micro-batches on random token ids and report
+    measured bytes. ``fused_backward`` switches ``optimizer`` to layer-wise updates here (after the
+    gradient meter is in place; ``fuse_kwargs`` go to ``fuse_backward``) and back at the end.
 
-    Keys: weights, gradients (after backward, before the step), optimizer_states, projectors,
-    activations (saved tensors + logits, last step), peak_rss (CPU) or peak_allocated (CUDA).
+    Keys: weights, gradients (the most alive at once), optimizer_states, projectors, activations
+    (saved tensors + logits, last micro-batch), peak_rss (CPU) or peak_allocated (CUDA).
     """
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
     cuda = device.type == "cuda"
+    meter = GradientMeter(list(model.parameters()))
+    if fused_backward:
+        from ..optim import fuse_backward
+
+        meter.handle = fuse_backward(model, optimizer, grad_accum=grad_accum, **fuse_kwargs)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     rss_reset = reset_peak_rss()
     result: dict[str, int | None] = {}
     model.train()
     for _ in range(steps):
-        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
-        with saved_tensor_bytes(model) as saved, torch.autocast(device.type, dtype=torch.bfloat16,
-                                                                 enabled=autocast):
-            out = model(input_ids=ids, labels=ids)
-        logits = out.logits
-        result["activations"] = saved["bytes"] + logits.untyped_storage().nbytes()
-        out.loss.backward()
-        del out, logits
-        result["gradients"] = tensor_bytes(p.grad for p in model.parameters())
+        for _ in range(grad_accum):
+            ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
+            with saved_tensor_bytes(model) as saved, torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                     enabled=autocast):
+                out = model(input_ids=ids, labels=ids)
+            logits = out.logits
+            result["activations"] = saved["bytes"] + logits.untyped_storage().nbytes()
+            (out.loss / grad_accum).backward()
+            del out, logits
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    result["gradients"] = meter.peak
+    meter.remove()
+    if meter.handle is not None:
+        meter.handle.remove()
     result["weights"] = tensor_bytes(model.parameters())
     held = optimizer.state_bytes() if hasattr(optimizer, "state_bytes") else {
         "states": tensor_bytes(v for st in optimizer.state.values() for v in st.values()

@@ -3,9 +3,12 @@
 The parts (all integers, bytes):
 
 * ``weights``: every parameter once (tied weights once), in ``param_dtype``;
-* ``gradients``: one per trainable parameter in ``param_dtype``; with fused backward only the
-  largest parameter's gradient is alive at a time, plus the accumulation buffers when
-  ``grad_accum > 1`` (low-rank r×max(m, n) for projected matrices, full size for the rest);
+* ``gradients``: one per trainable parameter in ``param_dtype``; with fused backward (layer-wise
+  updates, ``optim/fused_backward.py``, which computes this part) only the largest parameter's
+  gradient is alive at a time, plus the accumulation buffers when ``grad_accum > 1``: r×max(m, n)
+  for projected matrices whose update needs only the projected gradient, full size for the rest —
+  and full size for every matrix with ``fused_refresh_from="accumulated"`` (the default), whose
+  first step refreshes every basis from the accumulated gradient (the peak counted here);
 * ``optimizer_states`` and ``projectors``: the optimizer's own ``planned_state_bytes()``, computed
   by building the real recipe on a meta-device copy of the model (no memory is allocated), so it is
   exact for every registered recipe;
@@ -97,27 +100,19 @@ def _build_optimizer(recipe: str, model, kwargs: dict[str, Any]):
         return optim.create(recipe, model, **kwargs)
 
 
-def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accum: int) -> int:
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accum: int,
+                    refresh_from: str) -> int:
     if not fused_backward:
-        return sum(p.numel() for p in trainable) * elem
-    largest = max(p.numel() for p in trainable) * elem
-    if grad_accum <= 1:
-        return largest
-    from ..optim.subspace import projected_shape
+        return sum(p.numel() for p in model.parameters() if p.requires_grad) * elem
+    from ..optim.fused_backward import planned_gradient_bytes
 
-    buffers = 0
-    for p in trainable:
-        plan = getattr(optimizer, "_plans", {}).get(p)
-        if plan is not None and plan.projected:
-            buffers += math.prod(projected_shape(p.shape, plan.rank, plan.side)) * elem
-        else:
-            buffers += p.numel() * elem
-    return largest + buffers
+    return planned_gradient_bytes(optimizer, grad_accum=grad_accum, refresh_from=refresh_from)
 
 
-def _refresh_workspace(optimizer, param_elem: int) -> tuple[int, int]:
-    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes."""
+def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple[int, int]:
+    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes. A step over the
+    whole group holds every matrix's temporaries at once; layer-wise updates (``one_at_a_time``)
+    step one parameter at a time, so only the largest one's."""
     from ..optim.subspace import projected_shape
 
     step, refresh = 0, 0
@@ -129,7 +124,8 @@ def _refresh_workspace(optimizer, param_elem: int) -> tuple[int, int]:
             m, n = p.shape
             r = plan.rank
             # the projected gradient and the Adam direction, both r×max(m, n), live through the step
-            step += 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
+            own = 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
+            step = max(step, own) if one_at_a_time else step + own
             copy = 0 if param_elem == 4 else m * n * 4  # fp32 copy of a low-precision gradient
             k = min(m, n)
             if group.get("basis") == "svd":  # thin SVD: U, S, Vh and LAPACK's gesdd workspace
@@ -159,11 +155,15 @@ class _Static:
 
 
 def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fused_backward: bool,
-            grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict) -> _Static:
+            grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict,
+            fused_refresh_from: str = "accumulated") -> _Static:
     from ..models import model_config
+    from ..optim.fused_backward import REFRESH_FROM
 
     if seq_len < 1 or grad_accum < 1:
         raise ValueError(f"seq_len and grad_accum must be >= 1 (got {seq_len}, {grad_accum})")
+    if fused_refresh_from not in REFRESH_FROM:
+        raise ValueError(f"fused_refresh_from must be one of {REFRESH_FROM}, got {fused_refresh_from!r}")
     config = model_config(model)
     if getattr(config, "model_type", None) not in _LLAMA_LIKE:
         raise ValueError(f"the activation model covers LLaMA-style decoders ({', '.join(_LLAMA_LIKE)}); "
@@ -179,13 +179,16 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     optimizer = _build_optimizer(recipe, meta, recipe_kwargs)
     if not hasattr(optimizer, "planned_state_bytes"):
         raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
-    step_tmp, refresh = _refresh_workspace(optimizer, elem)
+    step_tmp, refresh = _refresh_workspace(optimizer, elem, fused_backward)
     settings = dict(seq_len=seq_len, param_dtype=str(dtype).removeprefix("torch."), autocast=autocast,
                     fused_backward=fused_backward, grad_accum=grad_accum,
                     activation_checkpointing=activation_checkpointing, **recipe_kwargs)
+    if fused_backward and grad_accum > 1:
+        settings["fused_refresh_from"] = fused_refresh_from
     return _Static(model=str(model), recipe=recipe, shape=LlamaShape.from_config(config), elem=elem,
                    weights=sum(p.numel() for p in meta.parameters()) * elem,
-                   gradients=_gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum),
+                   gradients=_gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum,
+                                             fused_refresh_from),
                    states=optimizer.planned_state_bytes(), step_temporaries=step_tmp,
                    refresh_workspace=refresh, parameters=sum(p.numel() for p in meta.parameters()),
                    settings=settings)
@@ -212,14 +215,16 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
 def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 256,
          param_dtype: str | torch.dtype = "float32", autocast: bool = False,
          fused_backward: bool = False, grad_accum: int = 1, activation_checkpointing: bool = False,
-         **recipe_kwargs) -> MemoryPlan:
+         fused_refresh_from: str = "accumulated", **recipe_kwargs) -> MemoryPlan:
     """Plan the memory of training ``model`` (preset name, local HF dir/config.json, or config)
-    with ``recipe`` (a registry name; ``recipe_kwargs`` go to it, e.g. ``rank=128``)."""
+    with ``recipe`` (a registry name; ``recipe_kwargs`` go to it, e.g. ``rank=128``).
+    ``fused_refresh_from`` is ``fuse_backward``'s ``refresh_from``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     static = _static(model, recipe, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
                      fused_backward=fused_backward, grad_accum=grad_accum,
-                     activation_checkpointing=activation_checkpointing, recipe_kwargs=recipe_kwargs)
+                     activation_checkpointing=activation_checkpointing, recipe_kwargs=recipe_kwargs,
+                     fused_refresh_from=fused_refresh_from)
     return _with_batch(static, batch_size)
 
 

@@ -62,6 +62,12 @@ def _residual(G: Tensor, R: Tensor, basis: Tensor, side: str) -> Tensor:
     return torch.addmm(G, R, B, alpha=-1)
 
 
+def reads_full_gradient(group: dict) -> bool:
+    """Whether ``apply_update_`` reads the full gradient G (APOLLO's scaling, the residuals) and
+    not only R: such a matrix cannot accumulate just R across micro-batches (fused_backward.py)."""
+    return group["backmap"] != "project" or group["residual"] != "none"
+
+
 def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, side: str, *,
                   group: dict, state: dict, factor: float, step_size: float, first: bool) -> None:
     """W ← W·(1 − lr·λ) − lr·factor·(back-map of D) − residual, for one projected matrix.

@@ -25,12 +25,12 @@ from torch import Tensor
 from .._warnings import warn
 from . import lowbit
 from .adam import fused_supported
-from .backmap import apply_update_
+from .backmap import apply_update_, reads_full_gradient
 from .groups import GROUP_DEFAULTS, ParamPlan, check_group, plan_group
 from .rules import RULES
 from .state_io import STATE_FORMAT, StateIO
 from .subspace import project, projected_shape
-from .subspace_state import current_basis, maybe_refresh
+from .subspace_state import current_basis, maybe_refresh, refresh_due
 from .targets import translate_galore_keys
 
 __all__ = ["GROUP_DEFAULTS", "STATE_FORMAT", "ParamPlan", "PipelineOptimizer"]
@@ -70,6 +70,7 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         self._plans: dict[Tensor, ParamPlan] = {}
         self._unnamed = 0
         self.grad_norm: float | None = None  # global L2 norm of the last step's gradients
+        self._fused_backward = None  # the layer-wise handle while fuse_backward() is active
         super().__init__(param_groups, {**GROUP_DEFAULTS, **defaults})
 
     # ------------------------------------------------------------------ groups
@@ -97,6 +98,8 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure=None):
+        if self._fused_backward is not None:  # parameters were updated in backward: finish the step
+            return self._fused_backward.finish_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -115,17 +118,27 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         self.grad_norm = math.sqrt(norms_sq) if checked else None
         return loss
 
-    def _step_params(self, group: dict[str, Any], params: list[Tensor]) -> float | None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self._fused_backward is not None:  # its low-rank accumulators are gradients too
+            self._fused_backward.discard()
+
+    def _step_params(self, group: dict[str, Any], params: list[Tensor],
+                     low_rank: dict[Tensor, Tensor] | None = None) -> float | None:
         """One optimizer step for ``params`` (all in ``group``, all with gradients).
 
+        ``low_rank`` (layer-wise accumulation, ``fused_backward.py``) maps projected parameters to
+        their gradient already projected on their current basis: their ``.grad`` is not read and
+        their basis is not refreshed on this step (the caller checked ``refresh_due``).
         Returns the squared norm of their finite gradients, or None when not checked.
         """
+        low_rank = low_rank or {}
         for p in params:
-            if p.grad.is_sparse:
+            if p not in low_rank and p.grad.is_sparse:
                 raise ValueError("sparse gradients are not supported; use a dense embedding")
         norm_sq = None
         if group["check_finite"]:
-            params, norm_sq = self._drop_nonfinite(params)
+            params, norm_sq = self._drop_nonfinite(params, low_rank)
         plain: dict[str, list[Tensor]] = {}
         for p in params:
             if not self._plans[p].projected:
@@ -134,11 +147,12 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
             self._step_plain(group, rule, tensors)
         projected = [p for p in params if self._plans[p].projected]
         if projected:
-            self._step_projected(group, projected)
+            self._step_projected(group, projected, low_rank)
         return norm_sq
 
-    def _drop_nonfinite(self, params: list[Tensor]) -> tuple[list[Tensor], float]:
-        values = _grad_norms([p.grad for p in params])
+    def _drop_nonfinite(self, params: list[Tensor], low_rank: dict[Tensor, Tensor]
+                        ) -> tuple[list[Tensor], float]:
+        values = _grad_norms([low_rank[p] if p in low_rank else p.grad for p in params])
         keep = [p for p, v in zip(params, values) if math.isfinite(v)]
         if len(keep) < len(params):
             bad = [self._plans[p].name for p, v in zip(params, values) if not math.isfinite(v)]
@@ -191,16 +205,19 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
             states.append(state)
         self._run_rule(group, rule, [p.grad for p in params], states, "step", params=params)
 
-    def _step_projected(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _step_projected(self, group: dict[str, Any], params: list[Tensor],
+                        given: dict[Tensor, Tensor]) -> None:
         rule = group["rule"]
         low_rank, bases, states, firsts = [], [], [], []
         for p in params:
             plan, state = self._plans[p], self.state[p]
             firsts.append(not state)
-            fresh = maybe_refresh(self, group, p, plan, state)  # projection for free, if it ran
-            basis = current_basis(group, p, plan, state)
-            low_rank.append(project(p.grad, basis, plan.side) if fresh is None
-                            else fresh.to(p.grad.dtype).contiguous())
+            if p in given:  # accumulated on the current basis, which this step keeps
+                assert state and not reads_full_gradient(group), plan.name
+                R, basis = given[p], current_basis(group, p, plan, state)
+            else:
+                R, basis = self._refresh_and_project(group, p, plan, state)
+            low_rank.append(R)
             bases.append(basis)
             states.append(state)
         directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step")
@@ -224,3 +241,35 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
         storage, moment_shape = lowbit.layout(group, plan.rule, p, shape)[key]
         return lowbit.load_moment(self.state[p], key, storage, moment_shape)
+
+    # ------------------------------------------------------------------ layer-wise seam
+    # fused_backward.py steps one parameter at a time from its gradient hook; across micro-batches
+    # it keeps only R = project(G) for a matrix whose next step needs nothing else.
+    def takes_low_rank(self, group: dict[str, Any], p: Tensor) -> bool:
+        """Whether ``p``'s steps can take its gradient as R = project(G) alone: a projected
+        matrix whose back-map and residual do not read G (not APOLLO's scaling, not Fira's or
+        FRUGAL's residuals). Its refresh steps still need G (``refresh_due``)."""
+        return self._plans[p].projected and not reads_full_gradient(group)
+
+    def refresh_due(self, group: dict[str, Any], p: Tensor) -> bool:
+        """Whether ``p``'s next step selects a new basis from its gradient (always its first)."""
+        return refresh_due(group, self._plans[p], self.state[p])
+
+    def project_gradient(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> Tensor:
+        """``grad`` projected on ``p``'s current basis (the R its next step would compute)."""
+        plan = self._plans[p]
+        return project(grad, current_basis(group, p, plan, self.state[p]), plan.side)
+
+    def refresh_now(self, group: dict[str, Any], p: Tensor) -> Tensor:
+        """Run ``p``'s due refresh from ``p.grad`` ahead of its step and return ``p.grad``
+        projected on the new basis (layer-wise ``refresh_from="first"``)."""
+        return self._refresh_and_project(group, p, self._plans[p], self.state[p])[0]
+
+    def _refresh_and_project(self, group, p: Tensor, plan: ParamPlan, state: dict
+                             ) -> tuple[Tensor, Tensor]:
+        """(R, basis): refresh when due, then ``p.grad`` projected on the current basis."""
+        fresh = maybe_refresh(self, group, p, plan, state)  # projection for free, if it ran
+        basis = current_basis(group, p, plan, state)
+        if fresh is not None:
+            return fresh.to(p.grad.dtype).contiguous(), basis
+        return project(p.grad, basis, plan.side), basis

@@ -60,6 +60,8 @@ class StateIO:
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT
+        # the last step's gradient norm: layer-wise clipping scales the next step by it
+        sd["grad_norm"] = self.grad_norm
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -88,6 +90,7 @@ class StateIO:
                 restored[key] = value
             self._check_restored(p, groups[p], restored)
             self.state[p] = restored
+        self.grad_norm = state_dict.get("grad_norm")
 
     def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         plan = self._plans[p]

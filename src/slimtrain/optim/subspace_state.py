@@ -67,17 +67,25 @@ def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | N
                 lowbit.store_moment_(state, key, layout[key][0], value)
 
 
+def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
+    """Whether the parameter's next step selects a new basis (always its first step)."""
+    if not state:
+        return True
+    off = refresh.offset(group, plan.index, plan.count)
+    return refresh.due(group, state, int(state["step"].item()), off)
+
+
 def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
                   ) -> Tensor | None:
     """Recompute the basis when due; returns the gradient projected on the new basis when the
     selector produced it as a by-product, else None."""
+    if not refresh_due(group, plan, state):
+        return None
     off = refresh.offset(group, plan.index, plan.count)
     first = not state
     step = 0 if first else int(state["step"].item())
     if first:
         _first_state(opt, group, p, plan, state, off)
-    elif not refresh.due(group, state, step, off):
-        return None
     seed = seed_for(plan.name, step)
     method = group["basis"]
     if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset

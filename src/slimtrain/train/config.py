@@ -55,7 +55,14 @@ class TrainConfig:
                         "fp32 on CPU (exact resume is guaranteed in fp32 on CPU).")
     activation_checkpointing: bool = _f(False, "Recompute activations in the backward pass "
                                         "(less memory, ~30% more compute).")
-    fused_backward: bool = _f(False, "Update each layer during the backward pass (not available yet).")
+    fused_backward: bool = _f(False, "Layer-wise updates: update each parameter in the backward pass "
+                              "as soon as its gradient is complete, then free it (one gradient alive "
+                              "at a time). --grad-clip then scales each step by the previous step's "
+                              "gradient norm.")
+    fused_refresh_from: str = _f("accumulated", "With --fused-backward and --grad-accum > 1, where a "
+                                 "refreshing subspace comes from: the step's 'accumulated' gradient "
+                                 "(as without --fused-backward; that step holds full gradients) or "
+                                 "its 'first' micro-batch (low-rank accumulation on every step).")
     eval_every: int = _f(50, "Evaluate validation loss/perplexity every N steps (and at the end).")
     eval_batches: int = _f(8, "Validation batches per evaluation (fixed, the same every time).")
     val_fraction: float = _f(0.05, "Share of documents held out for validation (by content hash).")
@@ -86,6 +93,9 @@ class TrainConfig:
             raise UserError(f"--grad-clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.fused_refresh_from not in ("accumulated", "first"):
+            raise UserError(f"--fused-refresh-from must be accumulated or first, got "
+                            f"{self.fused_refresh_from!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         return self

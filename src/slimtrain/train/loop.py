@@ -75,9 +75,22 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))
 
 
+def _gradient_bytes(run: Run) -> int:
+    """The gradients a step holds: every trainable parameter's, or with layer-wise updates what
+    the handle keeps alive at most (the planner's count)."""
+    if run.fused is None:
+        return sum(p.nbytes for p in run.model.parameters() if p.requires_grad)
+    from ..optim.fused_backward import planned_gradient_bytes
+
+    return planned_gradient_bytes(run.optimizer, grad_accum=run.config.grad_accum,
+                                  refresh_from=run.config.fused_refresh_from)
+
+
 def train_step(run: Run) -> tuple[float, float | None]:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss and
-    the gradient norm (before clipping)."""
+    the gradient norm (before clipping). With layer-wise updates (``run.fused``) the parameters
+    are updated inside the last micro-batch's backward pass, clipped by the previous step's norm;
+    ``optimizer.step()`` then only finishes the step."""
     cfg = run.config
     total = 0.0
     for _ in range(cfg.grad_accum):
@@ -89,8 +102,9 @@ def train_step(run: Run) -> tuple[float, float | None]:
         total += loss.item()
         run.position += cfg.batch_size
     # The norm before clipping: what the log should show.
+    clip_here = cfg.grad_clip > 0 and run.fused is None  # the layer-wise handle clips by itself
     grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
-                 if cfg.grad_clip > 0 else None)
+                 if clip_here else None)
     started = time.perf_counter()
     run.optimizer.step()
     run.optimizer_s += time.perf_counter() - started
@@ -167,6 +181,8 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 record = dict(step=run.step, loss=last_loss, lr=run.scheduler.get_last_lr()[0],
                               tokens=run.tokens, grad_norm=grad_norm,
                               tokens_per_s=round(tokens_per_s, 1))
+                if run.fused is not None and not run.fused.grad_norm_exact:
+                    record["grad_norm_exact"] = False  # projected matrices: their in-subspace norm
                 evaluated = run.step % cfg.eval_every == 0 or run.step == cfg.steps
                 if evaluated:
                     val_loss = evaluate(run)
@@ -198,6 +214,6 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 train_loss=last_loss, val_loss=val_loss, val_ppl=math.exp(val_loss),
                 params=run.describe["params"],
                 weight_bytes=sum(p.nbytes for p in run.model.parameters()),
-                gradient_bytes=sum(p.nbytes for p in run.model.parameters() if p.requires_grad),
+                gradient_bytes=_gradient_bytes(run),
                 optimizer_state_bytes=state, adamw_state_bytes=adamw_bytes,
                 peak_memory_bytes=peak_memory_bytes(run.device), device=str(run.device))

@@ -68,7 +68,8 @@ def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str |
     console.print(f"model: {d['model']} ({d['params'] / 1e6:.2f}M parameters) · optimizer {d['optimizer']} "
                   f"(peak lr {d['lr']:g}) · {config.steps} steps × {config.grad_accum * config.batch_size} "
                   f"× {config.seq_len} tokens · {d['device']}, {d['precision']}, {config.threads} "
-                  f"thread{'s' if config.threads != 1 else ''}")
+                  f"thread{'s' if config.threads != 1 else ''}"
+                  f"{' · layer-wise updates' if config.fused_backward else ''}")
     console.print(f"run directory: {run_dir}")
     summary = train(r, console)
     summary.update(kind=kind, model=config.model, optimizer=config.optimizer, run_dir=str(run_dir))

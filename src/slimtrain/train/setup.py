@@ -42,6 +42,7 @@ class Run:
     elapsed_s: float = 0.0          # training time so far, over all sessions of the run
     optimizer_s: float = 0.0        # time inside optimizer.step() in this session
     resumed_from: Path | None = None
+    fused: optim.FusedBackward | None = None  # the layer-wise handle with --fused-backward
 
 
 def _device(name: str) -> torch.device:
@@ -156,9 +157,6 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     autocast = _autocast(config.precision, device)
     config.threads = _threads(config.threads)  # resolved once, saved with the run, kept on resume
     torch.set_num_threads(config.threads)
-    if config.fused_backward:
-        raise UserError("--fused-backward (layer-wise updates during the backward pass) is not "
-                        "available in this version of slimtrain yet; run without it")
     if optimizer_factory is None:
         try:
             optim.recipe(config.optimizer)  # unknown names fail now, before any data work
@@ -227,6 +225,10 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     params = sum(p.numel() for p in model.parameters())
     run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
               val, EpochOrder(len(train), config.seed))
+    if config.fused_backward:  # before the checkpoint's optimizer state is loaded into it
+        run.fused = optim.fuse_backward(model, optimizer, grad_accum=config.grad_accum,
+                                        max_grad_norm=config.grad_clip or None,
+                                        refresh_from=config.fused_refresh_from)
     run.describe = dict(model=config.model, params=params, optimizer=config.optimizer,
                         lr=scheduler.base_lrs[0], device=str(device),
                         precision="bf16 autocast" if autocast else "fp32",
