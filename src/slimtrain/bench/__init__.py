@@ -31,12 +31,13 @@ def benchmark(settings: BenchSettings, out: Path, console: Console | None = None
     console = console or Console(soft_wrap=True, highlight=False)
     settings.validate()
     out.mkdir(parents=True, exist_ok=True)
-    load_start, started = environment.load_average(), time.perf_counter()
+    # What ran: taken at the start, before anything (the docs of a source checkout, say) changes.
+    versions, load_start, started = environment.versions(), environment.load_average(), time.perf_counter()
     records = run_bench(settings, out, console)
     ran = [r for r in records if r["status"] != "skipped"]
     meta: dict[str, Any] = dict(
         command=settings.command() + f" --out {out}", settings=asdict(settings),
-        environment=dict(versions=environment.versions(), machine=environment.machine()),
+        environment=dict(versions=versions, machine=environment.machine()),
         load_average=dict(start=load_start, end=environment.load_average()),
         wall_seconds=round(time.perf_counter() - started, 1),
         trials_run=sum(not r["reused"] for r in ran), trials_reused=sum(r["reused"] for r in ran),

@@ -180,7 +180,8 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         "the tensors the optimizer keeps (low-bit codes and scales as stored, projectors included); "
         "× AdamW against AdamW's state for this model; peak RSS = the trial process's peak resident "
         "memory (Python, torch and the data included); tokens/s = training throughput (forward, "
-        "backward and optimizer step), optimizer ms/step = time inside optimizer.step() — both medians "
+        "backward and optimizer step), optimizer ms/step = time inside optimizer.step() (with "
+        "fused_backward the updates run inside backward, so only tokens/s compares) — both medians "
         "over the method's trials, × slimtrain adamw's.", "",
         *results_table(rows, meta["adamw_state_bytes"]), "",
         "## Targets", "", *targets(rows, meta["adamw_state_bytes"]), "",
