@@ -178,7 +178,8 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 session_tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
                 session_steps += 1
                 tokens_per_s = session_tokens / session_time
-                record = dict(step=run.step, loss=last_loss, lr=run.scheduler.get_last_lr()[0],
+                # float(): torchao's optimizers keep lr as a tensor
+                record = dict(step=run.step, loss=last_loss, lr=float(run.scheduler.get_last_lr()[0]),
                               tokens=run.tokens, grad_norm=grad_norm,
                               tokens_per_s=round(tokens_per_s, 1))
                 if run.fused is not None and not run.fused.grad_norm_exact:
