@@ -6,6 +6,8 @@ import slimtrain.optim.core as core
 from slimtrain.optim import GaLoreAdamW
 from slimtrain.optim.core import chunk_by_bytes
 
+_ORIGINAL_CHUNK_STEP = core.PipelineOptimizer._step_projected_chunk
+
 
 def test_chunk_by_bytes():
     assert chunk_by_bytes([3, 3, 3, 10, 1], 6) == [[0, 1], [2], [3], [4]]
@@ -16,11 +18,9 @@ def test_chunk_by_bytes():
 def _train(monkeypatch, limit):
     monkeypatch.setattr(core, "PROJECTED_CHUNK_BYTES", limit)
     calls = []
-    original = core.PipelineOptimizer._step_projected_chunk
-
     def spy(self, group, params, given):
         calls.append(len(params))
-        return original(self, group, params, given)
+        return _ORIGINAL_CHUNK_STEP(self, group, params, given)
 
     monkeypatch.setattr(core.PipelineOptimizer, "_step_projected_chunk", spy)
     g = torch.Generator().manual_seed(0)
