@@ -22,3 +22,14 @@ def test_paper_tables_reconciled():
     for model in ("60m", "130m", "350m", "1b"):
         gap = total[(model, "galore")] - rows[(model, "galore")]["paper_total"]
         assert 0.015 < gap < 0.08, (model, gap)
+
+
+def test_seven_b_per_layer_breakdown():
+    from slimtrain.memory.paper import SEVEN_B_PAPER, seven_b
+
+    ours = seven_b()
+    assert abs(ours["weights"] - 13.48) < 0.01                      # 6.74B × 2 bytes
+    assert abs(ours["gradients_saved"] - SEVEN_B_PAPER["gradients_saved"]) < 0.5
+    assert abs(ours["galore8bit_total"] / SEVEN_B_PAPER["galore8bit_total"] - 1) < 0.10
+    assert ours["galore8bit_total_bf16_projectors"] < SEVEN_B_PAPER["galore8bit_total"] < ours["galore8bit_total"]
+    assert ours["adam_states_plus_gradients"] < SEVEN_B_PAPER["adam_states_plus_gradients"]

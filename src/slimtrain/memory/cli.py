@@ -53,9 +53,11 @@ def plan_command(
     from .planner import PARTS, plan
 
     if paper:
-        from .paper import reconcile, render
+        from .paper import reconcile, render, render_seven_b, seven_b
 
         typer.echo(render(reconcile()))
+        typer.echo("")
+        typer.echo(render_seven_b(seven_b()))
         return
     try:
         if budget is not None:

@@ -110,22 +110,24 @@ def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accu
 
 
 def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple[int, int]:
-    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes. A step over the
-    whole group holds every matrix's temporaries at once; layer-wise updates (``one_at_a_time``)
-    step one parameter at a time, so only the largest one's."""
-    from ..optim.subspace import projected_shape
+    """(optimizer-step low-rank temporaries, largest refresh workspace) in bytes. The projected
+    gradient and its direction, both r×max(m, n), live until applied; the core steps a group's
+    matrices in chunks of ``PROJECTED_CHUNK_BYTES`` of them, layer-wise updates (``one_at_a_time``)
+    one matrix at a time."""
+    from ..optim.core import PROJECTED_CHUNK_BYTES, chunk_by_bytes, low_rank_bytes
 
     step, refresh = 0, 0
     for group in optimizer.param_groups:
-        for p in group["params"]:
-            plan = getattr(optimizer, "_plans", {}).get(p)
-            if plan is None or not plan.projected:
-                continue
+        projected = [p for p in group["params"]
+                     if getattr(optimizer, "_plans", {}).get(p) is not None and optimizer._plans[p].projected]
+        sizes = [low_rank_bytes(p, optimizer._plans[p]) for p in projected]
+        chunks = [[i] for i in range(len(sizes))] if one_at_a_time else \
+            chunk_by_bytes(sizes, PROJECTED_CHUNK_BYTES)
+        for chunk in chunks:
+            step = max(step, 2 * sum(sizes[i] for i in chunk))
+        for p in projected:
             m, n = p.shape
-            r = plan.rank
-            # the projected gradient and the Adam direction, both r×max(m, n), live through the step
-            own = 2 * math.prod(projected_shape(p.shape, r, plan.side)) * param_elem
-            step = max(step, own) if one_at_a_time else step + own
+            r = optimizer._plans[p].rank
             copy = 0 if param_elem == 4 else m * n * 4  # fp32 copy of a low-precision gradient
             k = min(m, n)
             if group.get("basis") == "svd":  # thin SVD: U, S, Vh and LAPACK's gesdd workspace

@@ -63,6 +63,30 @@ def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
     return "foreach" if group["foreach"] else "forloop"
 
 
+# A projected step holds every matrix's low-rank gradient and direction until they are applied.
+# Stepping a group in chunks of about this many low-rank bytes bounds that transient (a 7B model
+# would otherwise hold ~7 GB at once) while each foreach call still covers many tensors.
+PROJECTED_CHUNK_BYTES = 64 * 2**20
+
+
+def low_rank_bytes(p: Tensor, plan: ParamPlan) -> int:
+    """Bytes of the low-rank gradient (r × max(m, n)) of a projected parameter, in its dtype."""
+    return math.prod(projected_shape(p.shape, plan.rank, plan.side)) * p.element_size()
+
+
+def chunk_by_bytes(sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive index chunks whose sizes sum to at most ``limit`` (a larger item stands alone)."""
+    chunks: list[list[int]] = []
+    total = limit + 1
+    for i, size in enumerate(sizes):
+        if total + size > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += size
+    return chunks
+
+
 class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     """Runs the projection pipeline; recipes choose its parts and defaults."""
 
@@ -207,6 +231,12 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
 
     def _step_projected(self, group: dict[str, Any], params: list[Tensor],
                         given: dict[Tensor, Tensor]) -> None:
+        sizes = [low_rank_bytes(p, self._plans[p]) for p in params]
+        for chunk in chunk_by_bytes(sizes, PROJECTED_CHUNK_BYTES):
+            self._step_projected_chunk(group, [params[i] for i in chunk], given)
+
+    def _step_projected_chunk(self, group: dict[str, Any], params: list[Tensor],
+                              given: dict[Tensor, Tensor]) -> None:
         rule = group["rule"]
         low_rank, bases, states, firsts = [], [], [], []
         for p in params:

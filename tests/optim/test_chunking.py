@@ -1,0 +1,41 @@
+"""The projected step runs in chunks of bounded low-rank bytes; the result does not depend on it."""
+
+import torch
+
+import slimtrain.optim.core as core
+from slimtrain.optim import GaLoreAdamW
+from slimtrain.optim.core import chunk_by_bytes
+
+_ORIGINAL_CHUNK_STEP = core.PipelineOptimizer._step_projected_chunk
+
+
+def test_chunk_by_bytes():
+    assert chunk_by_bytes([3, 3, 3, 10, 1], 6) == [[0, 1], [2], [3], [4]]
+    assert chunk_by_bytes([], 6) == []
+    assert chunk_by_bytes([1, 1, 1], 100) == [[0, 1, 2]]
+
+
+def _train(monkeypatch, limit):
+    monkeypatch.setattr(core, "PROJECTED_CHUNK_BYTES", limit)
+    calls = []
+    def spy(self, group, params, given):
+        calls.append(len(params))
+        return _ORIGINAL_CHUNK_STEP(self, group, params, given)
+
+    monkeypatch.setattr(core.PipelineOptimizer, "_step_projected_chunk", spy)
+    g = torch.Generator().manual_seed(0)
+    params = [(f"l{i}.mlp.weight", torch.nn.Parameter(torch.randn(16, 40, generator=g))) for i in range(5)]
+    opt = GaLoreAdamW(params, rank=4, refresh_every=3, targets="mlp")
+    for _ in range(4):
+        for _, p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    return [p.detach().clone() for _, p in params], calls
+
+
+def test_chunked_step_equals_one_chunk(monkeypatch):
+    whole, calls_whole = _train(monkeypatch, 2**30)
+    chunked, calls_chunked = _train(monkeypatch, 2 * 4 * 40 * 4)  # two 4×40 fp32 gradients a chunk
+    assert calls_whole == [5] * 4 and calls_chunked == [2, 2, 1] * 4
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
