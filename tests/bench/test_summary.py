@@ -108,10 +108,13 @@ def test_the_report_names_its_command_and_machine():
         trials=3, seeds=[0, 1], threads=1, jobs=2), environment=dict(
         versions={"torch": "2.13.0", "peft": "not installed"},
         machine=dict(cpu="a CPU", cores=2, memory_bytes=24 * 2**30, system="Linux", gpu=None)),
-        load_average=dict(start=[1.0, 1.0, 1.0], end=[2.0, 2.0, 2.0]), wall_seconds=600.0, trials_run=22,
-        trials_reused=0, steps=293, params=1_840_000, data="the embedded corpus",
+        load_average=dict(start=[1.0, 1.0, 1.0], end=[2.0, 2.0, 2.0]), wall_seconds=600.0, trials_run=2,
+        trials_reused=20, trial_seconds=1500.0, steps=293, params=1_840_000, data="the embedded corpus",
         adamw_state_bytes=ADAMW_STATE)
     text = render(summarize(bench_records()), meta)
     assert "```\nslimtrain bench --methods adamw\n```" in text
     assert "a CPU, 2 cores, 24 GiB" in text and "torch 2.13.0" in text and "peft" not in text
     assert "600,064 training tokens per trial" in text
+    # what all trials cost is stated whichever invocation ran them
+    assert "22 trials took 25.0 trial-minutes in all, 12 min at 2 at a time" in text
+    assert "this invocation ran 2 in 10.0 min (20 reused from an earlier invocation)" in text

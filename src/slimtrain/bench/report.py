@@ -154,6 +154,10 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
     memory = f", {m['memory_bytes'] / 2**30:.0f} GiB" if m.get("memory_bytes") else ""
     minutes = meta["wall_seconds"] / 60
     reused = f" ({meta['trials_reused']} reused from an earlier invocation)" if meta["trials_reused"] else ""
+    trials = meta["trials_run"] + meta["trials_reused"]
+    cost = (f"{trials} trials took {meta['trial_seconds'] / 60:.1f} trial-minutes in all, "
+            f"{meta['trial_seconds'] / 60 / s['jobs']:.0f} min at {s['jobs']} at a time; "
+            if "trial_seconds" in meta else "")
     lines = [
         "# Side-by-side benchmark", "",
         "Produced by this command (every figure below comes from it):", "", "```", meta["command"], "```", "",
@@ -173,7 +177,8 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         f"- **Machine**: {m['cpu']}, {m['cores']} cores{memory}, {m['system']}"
         f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; {s['threads']} thread(s) per trial, "
         f"{s['jobs']} trial(s) at a time; load average {load.get('start')} at the start, "
-        f"{load.get('end')} at the end; {meta['trials_run']} trials run in {minutes:.1f} min{reused}.",
+        f"{load.get('end')} at the end; {cost}this invocation ran {meta['trials_run']} in "
+        f"{minutes:.1f} min{reused}.",
         f"- **Versions**: {versions}.", "",
         "## Results", "",
         "Validation perplexity at each method's best lr (mean over seeds); optimizer state = bytes of "
