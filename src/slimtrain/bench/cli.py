@@ -14,9 +14,9 @@ from ..errors import UserError
 
 console = Console(soft_wrap=True, highlight=False)
 
-# The committed benchmarks (benchmarks/side_by_side*): "default" is every recipe with an installable
-# reference implementation next to it, the AdamW baselines and the candidates for the memory target
-# (≤ 1/3 of AdamW's state); "family" is the rest of the family, LoRA and 4-bit states.
+# Method sets. "default" (the committed run in benchmarks/side_by_side) is every recipe with an
+# installable reference implementation next to it, the AdamW baselines and the candidates for the
+# memory target (≤ 1/3 of AdamW's state); "family" is the rest of the family, LoRA and 4-bit states.
 DEFAULT_METHODS = (
     "adamw", "torch-adamw", "adamw-pergroup", "galore-adamw", "galore-torch-adamw",
     "galore-adafactor:rest=adafactor", "galore-torch-adafactor", "apollo", "apollo-torch", "apollo-mini",
