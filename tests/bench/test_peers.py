@@ -123,3 +123,16 @@ def test_adamw_pergroup_gives_the_matrices_a_fraction_of_the_lr():
     targets, rest = split_targets(model)
     assert [g["lr"] for g in opt.param_groups] == [5e-3, 1e-2]
     assert len(opt.param_groups[0]["params"]) == len(targets)
+
+
+@pytest.mark.peers
+def test_galore_torch_8bit_steps_on_a_cpu_and_leaves_cuda_synchronize_alone():
+    sync = torch.cuda.synchronize
+    model = tiny_llama()
+    before = [p.detach().clone() for p in model.parameters()]
+    # rank 64: low-rank tensors of ≥ 4096 elements take bitsandbytes' 8-bit path; under 4096 (its
+    # 32-bit path) the package leaves the matrices unchanged on a CPU (see the adapter's docstring)
+    opt = peer("galore-torch-adamw8bit").build(model, 1e-2, 0.0, 64, {})
+    one_step(model, opt, steps=2)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()) if p.dim() == 2)
+    assert torch.cuda.synchronize is sync
