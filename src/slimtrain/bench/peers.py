@@ -10,7 +10,6 @@ worker process that trains with it.
 
 from __future__ import annotations
 
-import functools
 import types
 from unittest import mock
 from typing import Any
@@ -107,14 +106,14 @@ def _cpu_sync_free(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     is left unchanged by the package's step; at 4096 and above (the 8-bit path) it trains."""
     if torch.cuda.is_available():
         return opt
-    step = opt.step
+    step = type(opt).step
 
-    @functools.wraps(step)
-    def step_without_cuda_sync(*args, **kwargs):
+    def step_without_cuda_sync(self, *args, **kwargs):
         with mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None):
-            return step(*args, **kwargs)
+            return step(self, *args, **kwargs)
 
-    opt.step = step_without_cuda_sync
+    # a bound method, as LR schedulers expect of optimizer.step (they wrap its __func__)
+    opt.step = types.MethodType(step_without_cuda_sync, opt)
     return opt
 
 
