@@ -3,7 +3,6 @@
 import importlib.util
 
 import pytest
-import torch
 
 from slimtrain import optim
 from slimtrain.bench import methods
@@ -41,17 +40,13 @@ def test_bad_options_fail_before_anything_runs(spec, message):
         resolve(settings(spec))
 
 
-def test_a_missing_package_or_gpu_is_a_skip_not_an_error(monkeypatch):
+def test_a_missing_package_is_a_skip_not_an_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "fira" else real(name, *a))
     entries = {e.spec.text: e for e in resolve(settings("fira-adamw", "adamw"))}
     assert entries["fira-adamw"].skipped == "fira is not installed (pip install fira)"
     assert entries["adamw"].skipped is None
-    gpu_only = methods.Method(name="x", label="x", kind="peer", center_lr=1e-3, summary="",
-                              needs_cuda=True, why_cuda="it calls CUDA kernels only")
-    if not torch.cuda.is_available():
-        assert gpu_only.unavailable() == "needs a CUDA device (it calls CUDA kernels only)"
 
 
 def test_sweeps_start_at_the_authors_lr_on_the_ladder():

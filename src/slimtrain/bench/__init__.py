@@ -41,8 +41,6 @@ def benchmark(settings: BenchSettings, out: Path, console: Console | None = None
         load_average=dict(start=load_start, end=environment.load_average()),
         wall_seconds=round(time.perf_counter() - started, 1),
         trials_run=sum(not r["reused"] for r in ran), trials_reused=sum(r["reused"] for r in ran),
-        # reuse-proof: what all trials cost, whichever invocation ran them
-        trial_seconds=round(sum(r.get("wall_seconds") or 0 for r in ran), 1),
         steps=settings.steps, params=next((r["params"] for r in ran if "params" in r), 0),
         data=settings.data or "the embedded corpus (Python standard library sources)",
         adamw_state_bytes=adamw_state_bytes(settings.model))

@@ -43,15 +43,11 @@ class Method:
     reference_of: str | None = None  # the recipe (spec) this package is the reference implementation of
     module: str | None = None        # the package it needs (import name) and how to install it
     pip: str | None = None
-    needs_cuda: bool = False
-    why_cuda: str = ""
 
     def unavailable(self) -> str | None:
-        """Why this method cannot run here (a missing package, no GPU), or None."""
+        """Why this method cannot run here (its package is not installed), or None."""
         if self.module and importlib.util.find_spec(self.module) is None:
             return f"{self.module} is not installed (pip install {self.pip or self.module})"
-        if self.needs_cuda and not torch.cuda.is_available():
-            return f"needs a CUDA device ({self.why_cuda})"
         return None
 
 

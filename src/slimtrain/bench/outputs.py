@@ -27,6 +27,8 @@ def render_dir(out: Path) -> Path:
     """(Re)draw ``results.md`` and the plots from ``results.jsonl`` and ``bench.json``."""
     records = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines() if line.strip()]
     meta = json.loads((out / META_FILE).read_text())
+    # what all trials cost, whichever invocation ran them (reused trials keep their wall time)
+    meta["trial_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in records), 1)
     rows = summarize(records)
     s = meta["settings"]
     title = (f"{s['model']} · {meta['steps'] * s['batch_size'] * s['seq_len']:,} tokens per trial · "

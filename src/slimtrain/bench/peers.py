@@ -11,8 +11,8 @@ worker process that trains with it.
 from __future__ import annotations
 
 import types
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 import torch
 

@@ -29,6 +29,12 @@ def _styles(rows: list[Row]) -> dict[str, dict]:
                            ls="-" if r.kind == "slimtrain" else "--") for r in rows}
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)  # pyplot keeps every figure alive until it is closed
+
+
 def loss_vs_tokens(rows: list[Row], path: Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
@@ -48,9 +54,7 @@ def loss_vs_tokens(rows: list[Row], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     if finals:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def memory_vs_ppl(rows: list[Row], path: Path, adamw_state: int, title: str) -> None:
@@ -71,9 +75,7 @@ def memory_vs_ppl(rows: list[Row], path: Path, adamw_state: int, title: str) -> 
     ax.grid(alpha=0.3)
     if ok:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def memory_breakdown(rows: list[Row], path: Path, title: str) -> None:
@@ -93,9 +95,7 @@ def memory_breakdown(rows: list[Row], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10, pad=26)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def draw_all(rows: list[Row], out: Path, adamw_state: int, title: str) -> list[Path]:

@@ -156,8 +156,7 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
     reused = f" ({meta['trials_reused']} reused from an earlier invocation)" if meta["trials_reused"] else ""
     trials = meta["trials_run"] + meta["trials_reused"]
     cost = (f"{trials} trials took {meta['trial_seconds'] / 60:.1f} trial-minutes in all, "
-            f"{meta['trial_seconds'] / 60 / s['jobs']:.0f} min at {s['jobs']} at a time; "
-            if "trial_seconds" in meta else "")
+            f"{meta['trial_seconds'] / 60 / s['jobs']:.0f} min at {s['jobs']} at a time; ")
     lines = [
         "# Side-by-side benchmark", "",
         "Produced by this command (every figure below comes from it):", "", "```", meta["command"], "```", "",

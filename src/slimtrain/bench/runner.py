@@ -50,7 +50,7 @@ class Entry:
 
 def resolve(settings: BenchSettings) -> list[Entry]:
     """Check every method before anything runs: unknown names and options are errors; a method
-    that cannot run here (package missing, no GPU) is kept as a skip line."""
+    that cannot run here (its package missing) is kept as a skip line."""
     entries = []
     for spec in settings.specs():
         method = registry.get(spec.name)
