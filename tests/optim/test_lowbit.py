@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim import lowbit_kernel
+from slimtrain.optim import lowbit_kernel, lowbit_native
 
 from ..helpers import quiet, stdlib_bytes, tiny_llama
 
@@ -71,36 +71,59 @@ COMPILED_CASES = {
     "adamw4bit": dict(),
     "galore-adamw8bit": dict(rank=4, refresh_every=3, targets=r"mlp"),
     "adamw8bit-bf16-sr": dict(stochastic_rounding=True),
+    "adamw4bit-bf16": dict(),  # bfloat16 parameters and gradients, rounded to nearest
 }
 
 
 def build(case, params, **kw):
-    recipe = case.removesuffix("-bf16-sr")
+    recipe = case.split("-bf16")[0]
     return quiet(so.create, recipe, params, lr=1e-2, weight_decay=0.1, quantize_min_numel=0,
                  **COMPILED_CASES[case], **kw)
 
 
 def case_params(case):
-    return named(SHAPES, torch.bfloat16 if case.endswith("bf16-sr") else torch.float32)
+    return named(SHAPES, torch.bfloat16 if "-bf16" in case else torch.float32)
+
+
+def run_path(case, path, monkeypatch, chunk=1 << 20):
+    """Four steps of ``case`` through one kernel: "eager" (the reference, fused=False), "native"
+    (the C kernel, the CPU default), "native-generic" (its plain-C path) or "compiled"
+    (torch.compile, the C kernel switched off)."""
+    calls = []
+    real = lowbit_native.adam_step
+    monkeypatch.setattr(lowbit_native, "adam_step", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(lowbit_kernel, "_CHUNK_ELEMENTS", chunk)
+    if path == "compiled":
+        monkeypatch.setattr(lowbit_native, "available", lambda: False)
+    monkeypatch.setattr(lowbit_native, "generic", path == "native-generic")
+    params = case_params(case)
+    opt = build(case, params, fused=False if path == "eager" else None)
+    steps(opt, params, 4)
+    monkeypatch.undo()
+    assert bool(calls) == path.startswith("native"), f"{path}: the C kernel ran {len(calls)} times"
+    return params, opt
+
+
+def assert_same(results, ref, what):
+    (ref_params, ref_opt) = ref
+    for params, opt in results:
+        for (name, p), (_, q) in zip(params, ref_params):
+            assert torch.equal(p, q), f"{name}: {what} != eager"
+            for key, value in opt.state[p].items():
+                assert torch.equal(value, ref_opt.state[q][key]), f"{name} {key}: {what} != eager"
 
 
 @pytest.mark.parametrize("case", list(COMPILED_CASES))
-def test_compiled_kernel_equals_eager_reference(case, monkeypatch):
-    """The same function runs eagerly (fused=False) and compiled; chunk boundaries change nothing."""
-    results = []
-    for fused, chunk in ((False, 1 << 20), (None, 1 << 20), (None, 512)):
-        monkeypatch.setattr(lowbit_kernel, "_CHUNK_ELEMENTS", chunk)
-        params = case_params(case)
-        opt = build(case, params, fused=fused)
-        steps(opt, params, 4)
-        results.append((params, opt))
+def test_fast_kernels_equal_eager_reference(case, monkeypatch):
+    """The eager function, the C kernel and the compiled function give the same bits; the compiled
+    kernel's chunk boundaries change nothing."""
+    assert lowbit_native.available(), "no C compiler here? the native kernel must build in CI"
+    ref = run_path(case, "eager", monkeypatch)
+    assert_same([run_path(case, "native", monkeypatch)], ref, "native")
+    assert_same([run_path(case, "native-generic", monkeypatch)], ref, "native (plain C)")
+    compiled = [run_path(case, "compiled", monkeypatch, chunk) for chunk in (1 << 20, 512)]
     assert not lowbit_kernel.compile_failed and lowbit_kernel._COMPILED, "the compiled path did not run"
-    (ref, ref_opt), *others = results
-    for params, opt in others:
-        for (name, p), (_, q) in zip(params, ref):
-            assert torch.equal(p, q), f"{name}: compiled != eager"
-            for key, value in opt.state[p].items():
-                assert torch.equal(value, ref_opt.state[q][key]), f"{name} {key}: compiled != eager"
+    assert_same(compiled, ref, "compiled")
 
 
 @pytest.mark.parametrize("case", list(COMPILED_CASES))

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
+from . import lowbit_native
 from .adam import adam_elementwise, elementwise_hyperparameters
 from .quant import block_size, dequantize_blocks, quantize_blocks
 
@@ -196,7 +197,17 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
     v_main, v_tail = _storage_rows(state, "exp_avg_sq", cfg.v, rows, B)
 
     chunk = max(_CHUNK_ELEMENTS // B, 2)
-    for start in range(0, rows, chunk):
+    if compiled and rows and lowbit_native.supports(
+            x.device, compute, ((cfg.m.bits, cfg.m.kind), (cfg.v.bits, cfg.v.kind)), param_dtype,
+            x.dtype):
+        lowbit_native.adam_step(cfg.m.bits, rows, None if target is None else out_flat,
+                                out_flat if target is None else None, grad_main,
+                                _parts(state, "exp_avg", cfg.m), _parts(state, "exp_avg_sq", cfg.v),
+                                hp_t, key, stochastic)
+        rows_done = rows
+    else:
+        rows_done = 0
+    for start in range(rows_done, rows, chunk):
         rs = slice(start, start + chunk)
         seed = torch.tensor([key, start * B], dtype=torch.int64, device=x.device)
         m_in, v_in = tuple(t[rs] for t in m_main), tuple(t[rs] for t in v_main)
