@@ -64,3 +64,30 @@ def test_unsupported_configurations_take_the_compiled_kernel():
     assert not lowbit_native.supports(cpu, f32, ((0, ""), (0, "")), f32, f32)
     assert not lowbit_native.supports(cpu, f32, ((8, "signed"), (4, "linear")), f32, f32)
     assert not lowbit_native.supports(torch.device("meta"), f32, q8, f32, f32)
+
+
+def test_threads_split_a_tensor_into_shares_with_the_same_results(monkeypatch):
+    """With two threads a 1024-block tensor runs as two shares (one on the calling thread)."""
+    shares = []
+    real = lowbit_native._run
+    monkeypatch.setattr(lowbit_native, "_run",
+                        lambda lib, args, blocks: shares.append(blocks) or real(lib, args, blocks))
+
+    def run(fused, threads):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            g = torch.Generator().manual_seed(0)
+            p = torch.nn.Parameter(torch.randn(512, 512, generator=g))
+            opt = quiet(so.AdamW8bit, [("w", p)], lr=1e-2, fused=fused)
+            for _ in range(3):
+                p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+            return [p.detach()] + list(opt.state[p].values())
+        finally:
+            torch.set_num_threads(old)
+
+    reference = run(False, 1)
+    split = run(None, 2)
+    assert shares == [1024] * 3
+    assert all(torch.equal(a, b) for a, b in zip(split, reference))

@@ -167,9 +167,6 @@ def supports(device: torch.device, compute: torch.dtype, bits_kinds: tuple, para
             and grad_dtype in (torch.float32, torch.bfloat16) and available())
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
 generic = False  # tests: force the kernel's plain-C path where the AVX-512 one exists
 
 
@@ -179,17 +176,20 @@ def simd_width() -> int:
     return 0 if lib is None else lib.slimtrain_simd_width()
 
 
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    # One pool for the process; it starts threads only as shares are submitted.
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="slimtrain-lowbit")
+
+
 def _run(lib, args: _Args, blocks: int) -> None:
-    global _pool
-    threads = min(torch.get_num_threads(), blocks // _MIN_BLOCKS_PER_THREAD)
-    if threads <= 1:
-        lib.slimtrain_adam_lowbit(ctypes.byref(args), 0, blocks, int(generic))
-        return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="slimtrain-lowbit")
+    """Blocks [0, blocks) in ``threads`` equal shares: the calling thread runs the first."""
+    threads = max(1, min(torch.get_num_threads(), blocks // _MIN_BLOCKS_PER_THREAD))
     edges = [blocks * k // threads for k in range(threads + 1)]
-    futures = [_pool.submit(lib.slimtrain_adam_lowbit, ctypes.byref(args), lo, hi, int(generic))
-               for lo, hi in zip(edges[:-1], edges[1:])]
+    shares = list(zip(edges[:-1], edges[1:]))
+    futures = [_pool().submit(lib.slimtrain_adam_lowbit, ctypes.byref(args), lo, hi, int(generic))
+               for lo, hi in shares[1:]]
+    lib.slimtrain_adam_lowbit(ctypes.byref(args), *shares[0], int(generic))
     for f in futures:
         f.result()
 
