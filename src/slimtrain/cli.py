@@ -65,16 +65,16 @@ def optimizers() -> None:
 
 
 def _parse_optim_args(items: list[str] | None) -> dict | None:
-    from .bench.spec import typed
+    from .userinput import key_value
 
     if not items:
         return None
     out = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        parsed = key_value(item)  # 200 → int, 0.25 and 1e-6 → float, true → bool
+        if parsed is None:
             raise UserError(f"--optim-arg {item!r} must look like KEY=VALUE, e.g. refresh_every=200")
-        out[key.strip()] = typed(value)  # 200 → int, 0.25 and 1e-6 → float, true → bool
+        out[parsed[0]] = parsed[1]
     return out
 
 

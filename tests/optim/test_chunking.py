@@ -2,9 +2,9 @@
 
 import torch
 
-import slimtrain.optim.core as core
+import slimtrain.optim.optimizer as core
 from slimtrain.optim import GaLoreAdamW
-from slimtrain.optim.core import chunk_by_bytes
+from slimtrain.optim.optimizer import chunk_by_bytes
 
 _ORIGINAL_CHUNK_STEP = core.PipelineOptimizer._step_projected_chunk
 
@@ -18,9 +18,9 @@ def test_chunk_by_bytes():
 def _train(monkeypatch, limit):
     monkeypatch.setattr(core, "PROJECTED_CHUNK_BYTES", limit)
     calls = []
-    def spy(self, group, params, given):
+    def spy(self, group, params, *args):
         calls.append(len(params))
-        return _ORIGINAL_CHUNK_STEP(self, group, params, given)
+        return _ORIGINAL_CHUNK_STEP(self, group, params, *args)
 
     monkeypatch.setattr(core.PipelineOptimizer, "_step_projected_chunk", spy)
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim.fused_backward import planned_gradient_bytes
+from slimtrain.optim.layerwise import planned_gradient_bytes
 
 from ..helpers import quiet
 from slimtrain.memory.measure import GradientMeter
@@ -212,7 +212,7 @@ def test_remove_returns_to_ordinary_updates():
     train(*ordinary[:3], 2, 1)
     train(*fused[:3], 2, 1, handle=fused[3])
     fused[3].remove()
-    assert fused[1]._fused_backward is None
+    assert fused[1].layerwise is None
     train(*ordinary[:3], 2, 1, start=2)
     train(*fused[:3], 2, 1, start=2)
     assert all(torch.equal(x, y) for x, y in zip(weights(ordinary[0]), weights(fused[0])))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim import lowbit_kernel, lowbit_native
+from slimtrain.optim.lowbit import kernel as lowbit_kernel, native as lowbit_native
 
 from ..helpers import quiet, stdlib_bytes, tiny_llama
 
@@ -95,7 +95,10 @@ def run_path(case, path, monkeypatch, chunk=1 << 20):
     monkeypatch.setattr(lowbit_kernel, "_CHUNK_ELEMENTS", chunk)
     if path == "compiled":
         monkeypatch.setattr(lowbit_native, "available", lambda: False)
-    monkeypatch.setattr(lowbit_native, "generic", path == "native-generic")
+    if path == "native-generic":
+        monkeypatch.setenv("SLIMTRAIN_NATIVE", "portable")
+    else:
+        monkeypatch.delenv("SLIMTRAIN_NATIVE", raising=False)
     params = case_params(case)
     opt = build(case, params, fused=False if path == "eager" else None)
     steps(opt, params, 4)

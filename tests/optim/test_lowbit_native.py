@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim import lowbit_native
+from slimtrain.optim.lowbit import native as lowbit_native
 
 from ..helpers import quiet
 

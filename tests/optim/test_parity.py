@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import slimtrain.optim as so
-from slimtrain.optim.subspace_state import seed_for
+from slimtrain.optim.util import name_seed as seed_for
 
 from ..helpers import quiet
 

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from slimtrain.optim import quant
+from slimtrain.optim.lowbit import codec as quant
 
 MAPS = [("signed", 8), ("unsigned", 8), ("signed", 4), ("linear", 4)]
 

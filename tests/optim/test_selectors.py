@@ -5,9 +5,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimtrain.optim.selectors import exact_svd_basis, randomized_svd_basis
-from slimtrain.optim.subspace import (apply_back_, basis_shape, choose_side, project,
-                                      project_back, projected_shape, reproject_moments_)
+from slimtrain.optim.subspace.selectors import exact_svd_basis, randomized_svd_basis
+from slimtrain.optim.subspace.geometry import (apply_back_, basis_shape, choose_side, project,
+                                               projected_shape, reproject_moments_)
+
+
+def project_back(N, basis, side):
+    """back(N) through the optimizer's own back-map (param ← 0·param + 1·back(N))."""
+    m, n = (basis.shape[0], N.shape[1]) if side == "left" else (N.shape[0], basis.shape[1])
+    out = torch.zeros(m, n, dtype=N.dtype)
+    apply_back_(out, N, basis, side, alpha=1.0, beta=0.0)
+    return out
 
 
 def low_rank_plus_noise(m, n, r, noise=1e-3, seed=0):

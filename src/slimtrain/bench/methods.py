@@ -11,7 +11,6 @@ range).
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 
 from .. import optim
 from ..errors import UserError
+from ..userinput import did_you_mean
 from .spec import MethodSpec
 
 # (model, lr, weight_decay, rank, options) → optimizer
@@ -38,7 +38,7 @@ class Method:
     center_lr: float
     summary: str
     build: Build | None = None     # None: a registry recipe, trained as `slimtrain pretrain` trains it
-    options: frozenset[str] = frozenset()  # what a built method accepts (a recipe: its signature)
+    options: frozenset[str] = frozenset()  # what a built method accepts (a recipe: its Config)
     default_rank: int | None = None  # the rank it projects / adapts with, before the hidden/4 cap
     reference_of: str | None = None  # the recipe (spec) this package is the reference implementation of
     module: str | None = None        # the package it needs (import name) and how to install it
@@ -53,11 +53,10 @@ class Method:
 
 def _recipe_method(name: str) -> Method:
     recipe = optim.recipe(name)
-    params = inspect.signature(recipe.factory).parameters
-    rank = params["rank"].default if "rank" in params and isinstance(params["rank"].default, int) else None
+    rank = recipe.default("rank")
     return Method(name=name, label=f"slimtrain {name}", kind="slimtrain",
-                  center_lr=_CENTER_LR.get(name, params["lr"].default), summary=recipe.summary,
-                  default_rank=rank)
+                  center_lr=_CENTER_LR.get(name, recipe.default("lr", ADAMW_CENTER_LR)),
+                  summary=recipe.summary, default_rank=rank if isinstance(rank, int) else None)
 
 
 def _registry() -> dict[str, Method]:
@@ -78,11 +77,8 @@ def available() -> list[str]:
 def get(name: str) -> Method:
     methods = _registry()
     if name not in methods:
-        import difflib
-
-        close = difflib.get_close_matches(name, methods, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"--methods: unknown method {name!r}.{hint} Methods: {', '.join(methods)}")
+        raise UserError(f"--methods: unknown method {name!r}.{did_you_mean(name, methods)} "
+                        f"Methods: {', '.join(methods)}")
     return methods[name]
 
 
@@ -101,7 +97,7 @@ def check_options(spec: MethodSpec, method: Method) -> None:
 
 
 def accepts(method: Method, key: str) -> bool:
-    """Whether a method takes an option (a registry recipe: its signature says)."""
+    """Whether a method takes an option (a registry recipe: its Config says)."""
     if method.build is None:
         from ..memory.planner import recipe_accepts
 

@@ -6,9 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
-
 from ..errors import UserError
+from ..userinput import key_value
 
 
 @dataclass(frozen=True)
@@ -37,28 +36,17 @@ def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def typed(text: str) -> Any:
-    """A KEY=VALUE value as the type it spells: 32 → int, 2e-2 → float (YAML 1.1 alone would keep
-    that a string), true → bool, anything else a string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
-
-
 def parse_method(text: str) -> MethodSpec:
     name, *pairs = [part.strip() for part in text.strip().split(":")]
     if not name:
         raise UserError(f"--methods: empty method name in {text!r}")
     options = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        parsed = key_value(pair)
+        if parsed is None:
             raise UserError(f"--methods: {pair!r} in {text!r} must look like KEY=VALUE, e.g. "
                             "apollo-mini:rest=adafactor")
-        options[key.strip()] = typed(value)
+        options[parsed[0]] = parsed[1]
     return MethodSpec(name.lower(), tuple(sorted(options.items())))
 
 

@@ -7,14 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
-def cache_dir(*parts: str) -> Path:
-    """``$SLIMTRAIN_CACHE`` or ``$XDG_CACHE_HOME/slimtrain`` or ``~/.cache/slimtrain``."""
-    root = os.environ.get("SLIMTRAIN_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slimtrain"
-    path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from ..paths import cache_dir  # noqa: F401  (re-exported: the data modules take it from here)
 
 
 def fsync_tree(path: Path) -> None:

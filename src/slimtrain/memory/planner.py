@@ -26,7 +26,6 @@ package's tests and the project README reconcile them.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +64,12 @@ class MemoryPlan:
         return out
 
 
+def adamw_state_bytes(model: torch.nn.Module) -> int:
+    """The optimizer state of AdamW (torch's and slimtrain's) for ``model``'s trainable
+    parameters: two moments in the parameter's dtype and one float32 step counter each."""
+    return sum(2 * p.nbytes + 4 for p in model.parameters() if p.requires_grad)
+
+
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
@@ -81,10 +86,10 @@ def _meta_model(config, dtype: torch.dtype):
 
 
 def recipe_accepts(recipe: str, keyword: str) -> bool:
+    """Whether the recipe's ``Config`` has the option (a factory without one accepts anything)."""
     from .. import optim
 
-    params = inspect.signature(optim.recipe(recipe).factory).parameters
-    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return optim.recipe(recipe).accepts(keyword)
 
 
 def _build_optimizer(recipe: str, model, kwargs: dict[str, Any]):
@@ -104,7 +109,7 @@ def _gradient_bytes(model, optimizer, elem: int, fused_backward: bool, grad_accu
                     refresh_from: str) -> int:
     if not fused_backward:
         return sum(p.numel() for p in model.parameters() if p.requires_grad) * elem
-    from ..optim.fused_backward import planned_gradient_bytes
+    from ..optim.layerwise import planned_gradient_bytes
 
     return planned_gradient_bytes(optimizer, grad_accum=grad_accum, refresh_from=refresh_from)
 
@@ -114,20 +119,21 @@ def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple
     gradient and its direction, both r×max(m, n), live until applied; the core steps a group's
     matrices in chunks of ``PROJECTED_CHUNK_BYTES`` of them, layer-wise updates (``one_at_a_time``)
     one matrix at a time."""
-    from ..optim.core import PROJECTED_CHUNK_BYTES, chunk_by_bytes, low_rank_bytes
+    from ..optim.optimizer import PROJECTED_CHUNK_BYTES, chunk_by_bytes, low_rank_bytes
 
     step, refresh = 0, 0
+    if not hasattr(optimizer, "plan_of"):  # not a pipeline optimizer: nothing projected
+        return step, refresh
     for group in optimizer.param_groups:
-        projected = [p for p in group["params"]
-                     if getattr(optimizer, "_plans", {}).get(p) is not None and optimizer._plans[p].projected]
-        sizes = [low_rank_bytes(p, optimizer._plans[p]) for p in projected]
+        projected = [p for p in group["params"] if optimizer.plan_of(p).projected]
+        sizes = [low_rank_bytes(p, optimizer.plan_of(p)) for p in projected]
         chunks = [[i] for i in range(len(sizes))] if one_at_a_time else \
             chunk_by_bytes(sizes, PROJECTED_CHUNK_BYTES)
         for chunk in chunks:
             step = max(step, 2 * sum(sizes[i] for i in chunk))
         for p in projected:
             m, n = p.shape
-            r = optimizer._plans[p].rank
+            r = optimizer.plan_of(p).rank
             copy = 0 if param_elem == 4 else m * n * 4  # fp32 copy of a low-precision gradient
             k = min(m, n)
             if group.get("basis") == "svd":  # thin SVD: U, S, Vh and LAPACK's gesdd workspace
@@ -160,7 +166,7 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
             grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict,
             fused_refresh_from: str = "accumulated") -> _Static:
     from ..models import model_config
-    from ..optim.fused_backward import REFRESH_FROM
+    from ..optim.layerwise import REFRESH_FROM
 
     if seq_len < 1 or grad_accum < 1:
         raise ValueError(f"seq_len and grad_accum must be >= 1 (got {seq_len}, {grad_accum})")
@@ -230,4 +236,4 @@ def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 25
     return _with_batch(static, batch_size)
 
 
-__all__ = ["MemoryPlan", "PARTS", "plan", "parse_dtype", "recipe_accepts"]
+__all__ = ["MemoryPlan", "PARTS", "adamw_state_bytes", "plan", "parse_dtype", "recipe_accepts"]

@@ -4,22 +4,31 @@ Use a recipe class (``AdamW``, ``GaLoreAdamW``, ``APOLLO``, ``Fira``, …) or th
 
     opt = slimtrain.optim.create("galore-adamw", model, rank=128)
     slimtrain.optim.available()   # ['adamw', 'galore-adamw', ...]
-    fused = slimtrain.optim.fuse_backward(model, opt)   # layer-wise updates (fused_backward.py)
+    fused = slimtrain.optim.fuse_backward(model, opt)   # layer-wise updates (layerwise/)
+
+The house: ``optimizer.py`` (the pipeline optimizer), ``groups.py`` (group keys, plans),
+``targets.py`` (groups from names), ``state_io.py`` (state bytes, checkpoints), ``config.py``
+(declared options), ``registry.py``; ``rules/`` (inner rules, ``register_rule``), ``subspace/``
+(selectors, refresh, bases, back-maps), ``lowbit/`` (low-bit states), ``layerwise/`` (fused
+backward), ``recipes/`` (one file per paper).
 """
 
-from .core import GROUP_DEFAULTS, STATE_FORMAT, PipelineOptimizer
-from .family import APOLLO, FRUGAL, APOLLOMini, Fira
-from .fused_backward import FusedBackward, fuse_backward
-from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
-from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
-from .rest import register_rest, rest_names
+from .config import Hyper, option
+from .groups import GROUP_DEFAULTS
+from .layerwise import FusedBackward, fuse_backward
+from .optimizer import STATE_FORMAT, PipelineOptimizer
+from .recipes import (APOLLO, FRUGAL, AdamW, AdamW4bit, AdamW8bit, APOLLOMini, Fira,
+                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, NaturalGaLore,
+                      ProjectedRecipe, QGaLore, Recipe, register_rest, rest_names)
 from .registry import available, create, recipe, register
+from .rules import Rule, get_rule, register_rule
 from .targets import DEFAULT_TARGETS
 
 __all__ = [
     "AdamW", "AdamW4bit", "AdamW8bit", "GaLoreAdamW", "GaLoreAdamW8bit",
     "APOLLO", "APOLLOMini", "Fira", "FRUGAL", "QGaLore", "NaturalGaLore",
-    "GaLoreAdafactor", "GaLoreLion", "PipelineOptimizer", "register_rest", "rest_names",
-    "available", "create", "recipe", "register", "fuse_backward", "FusedBackward",
-    "DEFAULT_TARGETS", "GROUP_DEFAULTS", "STATE_FORMAT",
+    "GaLoreAdafactor", "GaLoreLion", "PipelineOptimizer", "Recipe", "ProjectedRecipe",
+    "register_rest", "rest_names", "available", "create", "recipe", "register", "Rule", "Hyper",
+    "option", "register_rule", "get_rule", "fuse_backward", "FusedBackward", "DEFAULT_TARGETS",
+    "GROUP_DEFAULTS", "STATE_FORMAT",
 ]

@@ -1,60 +1,93 @@
-"""Param-group keys: their defaults, validation, and the per-parameter plan derived from them."""
+"""Param groups: the pipeline's keys, each group's rule keys, validation, and the per-parameter plan.
+
+A group carries the pipeline's keys (``PipelineOptions``: lr, weight decay, the projection, the
+subspace, the state precision, …) and the keys of its own rule (its ``Hyper`` dataclass: Adam's
+betas / eps / eps_mode, Lion's betas, Adafactor's beta1 / decay_rate / clip_threshold / eps, …) —
+nothing of the other rules. Defaults come from, in order: the dataclasses, the optimizer's
+defaults (a recipe's settings; rule keys only when the group's rule is the recipe's rule or one
+related to it by ``Hyper`` inheritance), the group itself.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from .._warnings import warn
-from . import lowbit
-from .adam import EPS_MODES
-from .backmap import BACKMAPS, RESIDUALS
-from .basis_store import PROJECTOR_BITS
-from .refresh import REFRESH_POLICIES
-from .rules import RULES, plain_rule
-from .selectors import ORTHONORMAL_SELECTORS, SELECTORS
-from .subspace import SIDES, SWITCH_POLICIES, choose_side
+from .config import check, defaults_of, names_of, option
+from .lowbit.storage import STATE_BITS
+from .rules import get_rule, unprojected_rule
+from .rules.adam import ADAMW_LR, AdamHyper
+from .subspace.backmap import BACKMAPS, RESIDUALS
+from .subspace.basis_store import PROJECTOR_BITS
+from .subspace.geometry import SIDES, SWITCH_POLICIES, choose_side
+from .subspace.refresh import REFRESH_POLICIES
+from .subspace.selectors import ORTHONORMAL_SELECTORS, SELECTORS
 
-# Every key a group may carry, with the value used when neither the recipe nor the group sets it.
-GROUP_DEFAULTS: dict[str, Any] = dict(
-    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, eps_mode="torch",
-    rule="adam",            # inner rule: adam / adafactor / lion / natural (rules.py)
-    rank=None,              # None: no projection (the rule runs on the gradient itself)
-    density=None,           # instead of rank: rank = round(density · min(m, n)) per matrix (FRUGAL)
-    refresh_every=200,      # T: steps between subspace refreshes
-    refresh="fixed",        # fixed every T, or lazy (Q-GaLore's similarity test; refresh.py)
-    scale=1.0,              # α: multiplies the back-mapped update (GaLore's / APOLLO's "scale")
-    basis="randomized",     # subspace selector (selectors.py)
-    switch="keep",          # what happens to the moments at a refresh: keep / reset / reproject
-    side="auto",            # which side to project: auto (state r×max(m,n)) / left / right / reverse
-    stagger=False,          # spread the refreshes of a group's matrices over the T steps
-    power_iters=1,          # randomized selector: power iterations (warm start counts as one)
-    oversample=8,           # randomized selector: extra columns of the range finder
-    backmap="project",      # project (α·P·D) / channel / tensor (APOLLO's norm-ratio scaling)
-    residual="none",        # none / fira / sign / sgd: the part of G outside the subspace
-    residual_scale=1.0,     # FRUGAL: the state-free residual's lr is lr · α · residual_scale
-    limiter=None,           # norm-growth limiter γ (1.01 in Fira/APOLLO), None = off
-    projector_bits=None,    # store the basis quantized: 8 or 4 (packed two per byte), None = fp32
-    projector_group=256,    # numbers per quantization group of the basis
-    lazy_threshold=0.4,     # lazy refresh: mean |cos| at or above which the gap grows
-    lazy_queue=5,           # lazy refresh: similarities averaged per decision
-    lazy_growth=2,          # lazy refresh: factor by which the gap grows / shrinks
-    natural_history=20,     # natural rule: low-rank gradients kept for the Fisher
-    natural_damping=1e-3,   # natural rule: λ of F = λI + HHᵀ
-    decay_rate=-0.8,        # adafactor: β₂ₜ = 1 − t^decay_rate
-    clip_threshold=1.0,     # adafactor: RMS bound of the update
-    factored_eps=1e-30,     # adafactor: added to G² before averaging
-    adafactor_beta1=None,   # adafactor: first-moment decay, None = no first moment
-    foreach=True,           # multi-tensor kernels for the elementwise parts (False: for-loop)
-    fused=None,             # torch's fused Adam kernel; None = use it where it applies
-    check_finite=True,      # skip (and report) parameters whose gradient has NaN/Inf
-    # State precision (lowbit.py): the rule's moments in the parameter's dtype (None), fp32/bf16
-    # (32/16) or block-wise quantized (8/4); smaller tensors keep fp32 moments when quantizing.
-    state_bits=None,
-    quantize_min_numel=4096,
-    stochastic_rounding=False,  # bf16 parameters: round each update stochastically
-)
+
+@dataclass
+class PipelineOptions:
+    """Every pipeline key a group carries, with its default."""
+
+    lr: float = option(1e-3, "learning rate", low=0)
+    weight_decay: float = option(0.0, "decoupled weight decay λ: W ← W·(1 − lr·λ)", low=0)
+    rule: str = option("adam", "inner rule (rules/: adam, lion, adafactor, natural, or one added "
+                       "with register_rule)")
+    rank: int | None = option(None, "projection rank; None: no projection (the rule runs on the "
+                              "gradient itself)", low=1, integer=True, none_ok=True,
+                              message="a positive integer (or None for no projection)")
+    density: float | None = option(None, "instead of rank: rank = round(density · min(m, n)) per "
+                                   "matrix (FRUGAL)", low=0, open_low=True, high=1, none_ok=True)
+    refresh_every: int = option(200, "T: steps between subspace refreshes", low=1, integer=True)
+    refresh: str = option("fixed", "fixed every T, or lazy (Q-GaLore's similarity test)",
+                          choices=REFRESH_POLICIES)
+    scale: float = option(1.0, "α: multiplies the back-mapped update (GaLore's / APOLLO's scale)",
+                          low=0, open_low=True)
+    basis: str = option("randomized", "subspace selector (subspace/selectors.py)", choices=SELECTORS)
+    switch: str = option("keep", "the moments at a refresh: keep / reset / reproject",
+                         choices=SWITCH_POLICIES)
+    side: str = option("auto", "which side to project: auto (state r×max(m,n)) / left / right / "
+                       "reverse", choices=SIDES)
+    stagger: bool = option(False, "spread the refreshes of a group's matrices over the T steps")
+    power_iters: int = option(1, "randomized selector: power iterations (a warm start counts as "
+                              "one)", low=0, integer=True)
+    oversample: int = option(8, "randomized selector: extra columns of the range finder", low=0,
+                             integer=True)
+    backmap: str = option("project", "project (α·P·D) / channel / tensor (APOLLO's norm-ratio "
+                          "scaling)", choices=BACKMAPS)
+    residual: str = option("none", "none / fira / sign / sgd: the part of G outside the subspace",
+                           choices=RESIDUALS)
+    residual_scale: float = option(1.0, "FRUGAL: the state-free residual's lr is lr·α·residual_scale",
+                                   low=0)
+    limiter: float | None = option(None, "norm-growth limiter γ (1.01 in Fira/APOLLO); None: off",
+                                   low=1, none_ok=True)
+    projector_bits: int | None = option(None, "store the basis quantized: 8 or 4 bits (two per "
+                                        "byte); None: float32", choices=PROJECTOR_BITS)
+    projector_group: int = option(256, "numbers per quantization group of the basis", low=1,
+                                  integer=True)
+    lazy_threshold: float = option(0.4, "lazy refresh: mean |cos| at or above which the gap grows",
+                                   low=0, high=1)
+    lazy_queue: int = option(5, "lazy refresh: similarities averaged per decision", low=1,
+                             integer=True)
+    lazy_growth: float = option(2, "lazy refresh: factor by which the gap grows / shrinks", low=1,
+                                open_low=True)
+    foreach: bool = option(True, "multi-tensor kernels for the elementwise parts (False: for-loop)")
+    fused: bool | None = option(None, "torch's fused Adam kernel (and the low-bit kernels); None: "
+                                "where it applies")
+    check_finite: bool = option(True, "skip (and report) parameters whose gradient has NaN/Inf")
+    state_bits: int | None = option(None, "the rule's moments in the parameter's dtype (None), "
+                                    "fp32 / bf16 (32 / 16) or block-wise quantized (8 / 4)",
+                                    choices=STATE_BITS)
+    quantize_min_numel: int = option(4096, "tensors with fewer elements keep fp32 moments when "
+                                     "quantizing", low=0, integer=True)
+    stochastic_rounding: bool = option(False, "bf16 parameters: round each update stochastically")
+    fallback: dict | None = option(None, "a matrix-only rule's non-matrix parameters train with "
+                                   "AdamW at AdamW's own lr/betas/eps; keys here override them")
+
+
+GROUP_DEFAULTS: dict[str, Any] = defaults_of(PipelineOptions)
+PIPELINE_KEYS = frozenset(GROUP_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -73,62 +106,63 @@ class ParamPlan:
         return self.rank is not None
 
 
-def _number(group, key, *, low=None, high=None, low_open=False, integer=False, none_ok=False):
-    value = group[key]
-    if value is None and none_ok:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and (not integer or isinstance(value, int))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = "" if low is None else f" {'>' if low_open else '>='} {low}"
-        bound += "" if high is None else f" and <= {high}"
-        kind = "an integer" if integer else "a number"
-        extra = " (or None)" if none_ok else ""
-        raise ValueError(f"{key} must be {kind}{bound}{extra}, got {value!r}")
+def rule_keys(rule: str) -> tuple[str, ...]:
+    return names_of(get_rule(rule).Hyper)
+
+
+def fill_group(group: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``group`` with every key of the pipeline and of its rule, defaulted (module docstring)."""
+    rule = get_rule(group.get("rule", defaults.get("rule", "adam")))
+    recipe = get_rule(defaults.get("rule", "adam"))
+    related = issubclass(rule.Hyper, recipe.Hyper) or issubclass(recipe.Hyper, rule.Hyper)
+    own = set(names_of(rule.Hyper))
+    values = {**GROUP_DEFAULTS, **defaults_of(rule.Hyper)}
+    values.update({k: v for k, v in defaults.items()
+                   if k in PIPELINE_KEYS or (related and k in own)})
+    values.update(group)
+    if isinstance(values.get("betas"), list):
+        values["betas"] = tuple(values["betas"])
+    return values
+
+
+def split_matrix_only(group: dict[str, Any], names: list[str]) -> list[tuple[dict, list[str]]]:
+    """(group, names) pairs: a group whose rule works on matrices only keeps its 2-D parameters;
+    the others go to an AdamW group with AdamW's own lr, betas and eps (overridden by the group's
+    ``fallback``), the same weight decay and state precision — one warning per group."""
+    if not get_rule(group["rule"]).matrix_only:
+        return [(group, names)]
+    params = list(group["params"])
+    flat = [i for i, p in enumerate(params) if p.dim() != 2]
+    if not flat:
+        return [(group, names)]
+    fallback = {"lr": ADAMW_LR, **defaults_of(AdamHyper), **(group["fallback"] or {})}
+    adamw = {k: v for k, v in group.items() if k in PIPELINE_KEYS}
+    adamw.update(params=[params[i] for i in flat], rule="adam", rank=None, density=None, **fallback)
+    warn(f"{len(flat)} parameters of a group whose rule {group['rule']!r} works on matrices only "
+         f"are trained with AdamW (lr {fallback['lr']:g}; set fallback={{...}} to change it): "
+         f"{', '.join(names[i] for i in flat[:5])}")
+    keep = [i for i in range(len(params)) if i not in set(flat)]
+    out = [] if not keep else [({**group, "params": [params[i] for i in keep]},
+                                [names[i] for i in keep])]
+    return out + [(adamw, [names[i] for i in flat])]
 
 
 def check_group(group: dict[str, Any]) -> None:
-    _number(group, "lr", low=0)
-    b1, b2 = group["betas"]
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise ValueError(f"betas must lie in [0, 1), got {group['betas']!r}")
-    _number(group, "eps", low=0)
-    _number(group, "weight_decay", low=0)
-    rank = group["rank"]
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-        raise ValueError(f"rank must be a positive integer (or None for no projection), got {rank!r}")
-    _number(group, "density", low=0, high=1, low_open=True, none_ok=True)
-    if rank is not None and group["density"] is not None:
+    rule = get_rule(group["rule"])
+    check(PipelineOptions, group)
+    check(rule.Hyper, group)
+    if group["rank"] is not None and group["density"] is not None:
         raise ValueError("give either rank or density, not both")
-    _number(group, "refresh_every", low=1, integer=True)
-    _number(group, "scale", low=0, low_open=True)
-    choices = (("eps_mode", EPS_MODES), ("basis", SELECTORS), ("switch", SWITCH_POLICIES),
-               ("side", SIDES), ("rule", tuple(RULES)), ("backmap", BACKMAPS),
-               ("residual", RESIDUALS), ("refresh", REFRESH_POLICIES),
-               ("projector_bits", PROJECTOR_BITS))
-    for key, allowed in choices:
-        if group[key] not in allowed:
-            raise ValueError(f"{key} must be one of {allowed}, got {group[key]!r}")
-    if group["power_iters"] < 0 or group["oversample"] < 0:
-        raise ValueError("power_iters and oversample must be >= 0")
-    _number(group, "residual_scale", low=0)
-    _number(group, "limiter", low=1, none_ok=True)
-    _number(group, "projector_group", low=1, integer=True)
-    _number(group, "lazy_threshold", low=0, high=1)
-    _number(group, "lazy_queue", low=1, integer=True)
-    _number(group, "lazy_growth", low=1, low_open=True)
-    _number(group, "natural_history", low=1, integer=True)
-    _number(group, "natural_damping", low=0, low_open=True)
-    _number(group, "clip_threshold", low=0, low_open=True)
-    _number(group, "factored_eps", low=0)
-    _number(group, "adafactor_beta1", low=0, high=1, none_ok=True)
-    if not -1 <= group["decay_rate"] < 0:
-        raise ValueError(f"decay_rate must lie in [-1, 0), got {group['decay_rate']!r}")
-    lowbit.check_group(group)
+    fallback = group["fallback"]
+    if fallback is not None:
+        if not isinstance(fallback, dict):
+            raise ValueError(f"fallback must be a dict of AdamW settings, got {fallback!r}")
+        allowed = {"lr", "weight_decay", *names_of(AdamHyper)}
+        unknown = set(fallback) - allowed
+        if unknown:
+            raise ValueError(f"fallback takes {', '.join(sorted(allowed))}, not {sorted(unknown)}")
+        check(PipelineOptions, fallback)
+        check(AdamHyper, fallback)
     _check_combination(group)
 
 
@@ -140,7 +174,8 @@ def _check_combination(group: dict[str, Any]) -> None:
         raise ValueError("the limiter acts on a full-rank term: use it with backmap='channel'/"
                          "'tensor' or residual='fira' (or set limiter=None)")
     if group["switch"] == "reproject":
-        if not RULES[group["rule"]].reprojectable or group["rule"] == "natural":
+        rule = get_rule(group["rule"])
+        if not rule.reprojectable:
             raise ValueError(f"switch='reproject' needs a rule with linear moments (adam, lion), "
                              f"not {group['rule']!r}; use 'keep' or 'reset'")
         if group["basis"] not in ORTHONORMAL_SELECTORS:
@@ -154,7 +189,7 @@ def _check_combination(group: dict[str, Any]) -> None:
 
 def plan_group(group: dict[str, Any], names: list[str]) -> list[ParamPlan]:
     rank, density = group["rank"], group["density"]
-    rule, fallback = group["rule"], plain_rule(group["rule"])
+    rule, fallback = group["rule"], unprojected_rule(group["rule"])
     if rank is None and density is None:
         return [ParamPlan(n, None, fallback) for n in names]
     plans, flat, full = [], [], []
@@ -179,6 +214,6 @@ def plan_group(group: dict[str, Any], names: list[str]) -> list[ParamPlan]:
     index = 0
     for i, pl in enumerate(plans):
         if pl.projected:
-            plans[i] = ParamPlan(pl.name, pl.rank, pl.rule, pl.side, index, count)
+            plans[i] = dataclasses.replace(pl, index=index, count=count)
             index += 1
     return plans

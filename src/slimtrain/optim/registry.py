@@ -1,16 +1,21 @@
-"""The recipe registry: ``create(name, model_or_params, **kw)`` and ``available()``."""
+"""The recipe registry: ``create(name, model_or_params, **kw)``, ``available()``, ``recipe(name)``.
+
+A registered factory is usually a recipe class (``recipes/``), whose ``Config`` says what it
+accepts; any callable ``(model_or_params, **kw) → torch.optim.Optimizer`` may be registered too
+(its options are then unknown to the CLI's checks and pass through as given)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .family import APOLLO, FRUGAL, APOLLOMini, Fira
-from .family_galore import GaLoreAdafactor, GaLoreLion, NaturalGaLore, QGaLore
-from .recipes import AdamW, AdamW4bit, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit
+from ..userinput import did_you_mean
+from .config import Option, options_of
+from .recipes import (APOLLO, FRUGAL, AdamW, AdamW4bit, AdamW8bit, APOLLOMini, Fira,
+                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, NaturalGaLore,
+                      QGaLore)
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,23 @@ class Recipe:
     @property
     def state_formula(self) -> str:
         return getattr(self.factory, "state_formula", "")
+
+    @property
+    def config(self) -> type | None:
+        """The recipe's ``Config`` dataclass, or None for a factory that declares none."""
+        return getattr(self.factory, "Config", None)
+
+    def options(self) -> list[Option] | None:
+        """Every argument with its default and help text (None: not declared)."""
+        return None if self.config is None else options_of(self.config)
+
+    def default(self, name: str, fallback=None):
+        """The default of option ``name`` (``fallback`` when the recipe has no such option)."""
+        return next((o.default for o in self.options() or () if o.name == name), fallback)
+
+    def accepts(self, name: str) -> bool:
+        options = self.options()
+        return options is None or any(o.name == name for o in options)
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -43,9 +65,8 @@ def available() -> list[str]:
 def recipe(name: str) -> Recipe:
     key = name.strip().lower().replace("_", "-")
     if key not in _RECIPES:
-        close = difflib.get_close_matches(key, _RECIPES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown optimizer {name!r}.{hint} Available: {', '.join(available())}")
+        raise ValueError(f"unknown optimizer {name!r}.{did_you_mean(key, _RECIPES)} Available: "
+                         f"{', '.join(available())}")
     return _RECIPES[key]
 
 

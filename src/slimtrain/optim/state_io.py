@@ -1,6 +1,11 @@
 """Optimizer-state memory (planned from shapes and measured) and checkpoints (tensor-only, versioned).
 
 Mixed into ``PipelineOptimizer``; relies on its ``_plans`` and the group keys of ``groups.py``.
+
+Format 2 (this version) differs from 1 in two places, converted on load: each group carries only
+its own rule's keys (Adafactor's ``adafactor_beta1`` / ``factored_eps`` became ``beta1`` / ``eps``,
+the natural rule's ``natural_history`` / ``natural_damping`` became ``history`` / ``damping``), and
+4-bit packed bases put element 2i in the high nibble, as every 4-bit code does (format 1: low).
 """
 
 from __future__ import annotations
@@ -11,10 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import basis_store, lowbit, refresh
-from .subspace import projected_shape
+from .lowbit import storage as lowbit
+from .lowbit.codec import swap_nibbles
+from .subspace import basis_store, refresh
+from .subspace.geometry import projected_shape
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# format 1 group keys → format 2, per rule
+_RENAMED = {"adafactor": {"adafactor_beta1": "beta1", "factored_eps": "eps"},
+            "natural": {"natural_history": "history", "natural_damping": "damping"}}
+_V1_RULE_KEYS = ("betas", "eps", "eps_mode", "adafactor_beta1", "factored_eps", "decay_rate",
+                 "clip_threshold", "natural_history", "natural_damping")
 _COUNTER = 4  # float32 step counters
 
 
@@ -72,6 +84,8 @@ class StateIO:
         if version > STATE_FORMAT:
             raise ValueError(f"optimizer state format {version} is newer than this slimtrain "
                              f"understands ({STATE_FORMAT}); upgrade slimtrain")
+        if version < 2:
+            state_dict = _from_format_1(state_dict)
         saved_state = state_dict["state"]
         saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         # torch's loader would cast every state tensor to the parameter's dtype (uint8 codes and
@@ -107,3 +121,27 @@ class StateIO:
                     "the checkpoint was saved for a different model, rank, rule, projection side "
                     "or state_bits"
                 )
+
+
+def _from_format_1(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 state dict in format 2 (module docstring); the input is not modified."""
+    from .groups import rule_keys
+
+    groups, state = [], dict(state_dict["state"])
+    for saved in state_dict["param_groups"]:
+        rule = saved.get("rule", "adam")
+        group = {k: v for k, v in saved.items() if k not in _V1_RULE_KEYS}
+        renamed = _RENAMED.get(rule, {})
+        for key, value in saved.items():
+            if key not in _V1_RULE_KEYS:
+                continue
+            new = renamed.get(key, key)
+            shadowed = key not in renamed and key in renamed.values()  # Adam's eps, for Adafactor
+            if new in rule_keys(rule) and not shadowed:
+                group[new] = value
+        groups.append(group)
+        if saved.get("projector_bits") == 4:
+            for i in saved["params"]:
+                if i in state and "basis_codes" in state[i]:
+                    state[i] = {**state[i], "basis_codes": swap_nibbles(state[i]["basis_codes"])}
+    return {**state_dict, "param_groups": groups, "state": state}

@@ -13,8 +13,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import optim
+from .._warnings import warn
+from ..data.blocks import IGNORE_INDEX
 from ..errors import UserError
+from ..memory.planner import adamw_state_bytes
 from . import checkpoint
 from .metrics import MetricsLog, peak_memory_bytes, plot_losses
 from .setup import Run, trainer_state
@@ -80,41 +82,88 @@ def _gradient_bytes(run: Run) -> int:
     the handle keeps alive at most (the planner's count)."""
     if run.fused is None:
         return sum(p.nbytes for p in run.model.parameters() if p.requires_grad)
-    from ..optim.fused_backward import planned_gradient_bytes
+    from ..optim.layerwise import planned_gradient_bytes
 
     return planned_gradient_bytes(run.optimizer, grad_accum=run.config.grad_accum,
                                   refresh_from=run.config.fused_refresh_from)
 
 
-def train_step(run: Run) -> tuple[float, float | None]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss and
-    the gradient norm (before clipping). With layer-wise updates (``run.fused``) the parameters
-    are updated inside the last micro-batch's backward pass, clipped by the previous step's norm;
-    ``optimizer.step()`` then only finishes the step."""
+def _sync(device: torch.device) -> None:
+    """Wait for the device, so that a host timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predicted_tokens(labels: torch.Tensor) -> int:
+    """Tokens whose next token the loss predicts: labels shifted by one, prompts (-100) left out."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def step_inputs(run: Run, loss: torch.Tensor) -> dict:
+    """The extra ``step()`` inputs the optimizer's rules declared that the trainer provides:
+    ``loss`` (the step's mean loss per predicted token, detached, on the device)."""
+    needs = getattr(run.optimizer, "step_inputs", frozenset())
+    provided = {"loss": loss}
+    missing = sorted(set(needs) - set(provided) - {"closure"})
+    if missing:
+        raise UserError(f"optimizer {run.config.optimizer} needs the step input(s) "
+                        f"{', '.join(missing)}, which the trainer does not provide; train it with "
+                        "your own loop (optimizer.step(**inputs))")
+    return {k: v for k, v in provided.items() if k in needs}
+
+
+def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | None]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the step's loss per predicted
+    token (a device tensor: no host sync here) and the gradient norm before clipping.
+
+    The loss is normalised by the predicted tokens of the whole step (as torchtitan and torchtune
+    do), so a prompt-masked fine-tune weights tokens, not micro-batches, and a micro-batch with no
+    predicted token contributes nothing. A step whose batch predicts no token at all changes no
+    weight (the schedule and data position still advance) and returns a None loss. With
+    layer-wise updates (``run.fused``) the parameters are updated inside the last micro-batch's
+    backward pass, clipped by the previous step's norm; ``optimizer.step()`` then only finishes
+    the step."""
     cfg = run.config
-    total = 0.0
-    for _ in range(cfg.grad_accum):
-        ids, labels = run.train.batch(run.order.take(run.position, cfg.batch_size))
+    batches = [run.train.batch(run.order.take(run.position + k * cfg.batch_size, cfg.batch_size))
+               for k in range(cfg.grad_accum)]
+    count = sum(predicted_tokens(labels) for _, labels in batches)
+    if count == 0:
+        warn(f"step {run.step + 1}: no token of its batch is predicted (every label is a masked "
+             "prompt), so the step changed no weight")
+        run.scheduler.step()
+        _advance(run)
+        return None, None
+    total = torch.zeros((), device=run.device)
+    for ids, labels in batches:
         ids, labels = ids.to(run.device), labels.to(run.device)
         with _autocast(run):
-            loss = run.model(input_ids=ids, labels=labels).loss
-        (loss / cfg.grad_accum).backward()
-        total += loss.item()
-        run.position += cfg.batch_size
+            loss = run.model(input_ids=ids, labels=labels, num_items_in_batch=count).loss
+        loss.backward()
+        total += loss.detach()
     # The norm before clipping: what the log should show.
     clip_here = cfg.grad_clip > 0 and run.fused is None  # the layer-wise handle clips by itself
-    grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+    grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
                  if clip_here else None)
+    inputs = step_inputs(run, total)
+    _sync(run.device)
     started = time.perf_counter()
-    run.optimizer.step()
+    run.optimizer.step(**inputs)
+    _sync(run.device)
     run.optimizer_s += time.perf_counter() - started
     if grad_norm is None:
         grad_norm = getattr(run.optimizer, "grad_norm", None)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    run.step += 1
+    _advance(run)
+    return total, grad_norm
+
+
+def _advance(run: Run) -> None:
+    """Count a finished step: the data position, the tokens, the step."""
+    cfg = run.config
+    run.position += cfg.grad_accum * cfg.batch_size
     run.tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
-    return total / cfg.grad_accum, grad_norm
+    run.step += 1
 
 
 @torch.no_grad()
@@ -130,7 +179,7 @@ def evaluate(run: Run) -> float:
         ids, labels = ids.to(run.device), labels.to(run.device)
         with _autocast(run):
             loss = run.model(input_ids=ids, labels=labels).loss
-        predicted = int((labels[:, 1:] != -100).sum())
+        predicted = predicted_tokens(labels)
         if predicted:
             loss_sum += loss.item() * predicted
             count += predicted
@@ -143,15 +192,39 @@ def _save(run: Run) -> Any:
                            run.config.keep_last)
 
 
+class _Losses:
+    """The steps' losses, kept on the device and read with one host sync when a step is logged,
+    evaluated or saved (not once per micro-batch); every loss read is checked for divergence."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.last = float("nan")
+
+    def add(self, step: int, loss: torch.Tensor | None) -> None:
+        if loss is not None:
+            self.pending.append((step, loss))
+
+    def read(self) -> float:
+        """The latest step's loss (NaN when no step had a predicted token yet)."""
+        if self.pending:
+            values = torch.stack([loss for _, loss in self.pending]).tolist()
+            for (step, _), value in zip(self.pending, values):
+                if not math.isfinite(value):
+                    raise Diverged(f"the training loss became {value} at step {step}; lower --lr "
+                                   "(or raise --warmup-steps) and start a new run")
+            self.last = values[-1]
+            self.pending.clear()
+        return self.last
+
+
 def train(run: Run, console: Console) -> dict[str, Any]:
     """Train until ``config.steps``; returns the summary (also written to ``summary.json``)."""
     cfg = run.config
     log = MetricsLog(run.run_dir, run.step if run.resumed_from else None)
-    adamw_bytes = sum(optim.create("adamw", run.model).planned_state_bytes().values())
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
-    last_loss = val_loss = float("nan")
+    losses, val_loss = _Losses(), float("nan")
     session_tokens, session_time, session_steps = 0, 0.0, 0
     saved_at = run.step if run.resumed_from else None
     stop = _StopOnSignal(console)
@@ -161,7 +234,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
             while run.step < cfg.steps:
                 t0 = time.perf_counter()
                 try:
-                    last_loss, grad_norm = train_step(run)
+                    loss, grad_norm = train_step(run)
                 except RuntimeError as err:
                     if _is_oom(err):
                         raise UserError(
@@ -169,36 +242,41 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                             f"({str(err).splitlines()[0][:100]}); lower --batch-size (raise --grad-accum "
                             "to keep the tokens per step) or pass --activation-checkpointing") from None
                     raise
-                if not math.isfinite(last_loss):
-                    raise Diverged(f"the training loss became {last_loss} at step {run.step}; lower "
-                                   "--lr (or raise --warmup-steps) and start a new run")
+                losses.add(run.step, loss)
                 dt = time.perf_counter() - t0
                 run.elapsed_s += dt
                 session_time += dt
                 session_tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
                 session_steps += 1
-                tokens_per_s = session_tokens / session_time
-                # float(): torchao's optimizers keep lr as a tensor
-                record = dict(step=run.step, loss=last_loss, lr=float(run.scheduler.get_last_lr()[0]),
-                              tokens=run.tokens, grad_norm=grad_norm,
-                              tokens_per_s=round(tokens_per_s, 1))
-                if run.fused is not None and not run.fused.grad_norm_exact:
-                    record["grad_norm_exact"] = False  # projected matrices: their in-subspace norm
+                progress.update(task, completed=run.step)
                 evaluated = run.step % cfg.eval_every == 0 or run.step == cfg.steps
-                if evaluated:
-                    val_loss = evaluate(run)
-                    record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-                    console.print(f"step {run.step:>6}/{cfg.steps} | loss {last_loss:.3f} | val loss "
-                                  f"{val_loss:.3f} | val ppl {math.exp(val_loss):8.1f} | "
-                                  f"{tokens_per_s:,.0f} tokens/s")
-                if evaluated or run.step % cfg.log_every == 0:
+                logged = evaluated or run.step % cfg.log_every == 0
+                saving = run.step % cfg.save_every == 0 or run.step == cfg.steps
+                if not (logged or saving or stop.requested):
+                    continue
+                last_loss = losses.read()  # the one host sync of these steps
+                tokens_per_s = session_tokens / session_time
+                if logged:
+                    # float(): torchao's optimizers keep lr as a tensor
+                    record = dict(step=run.step, loss=None if loss is None else last_loss,
+                                  lr=float(run.scheduler.get_last_lr()[0]), tokens=run.tokens,
+                                  grad_norm=None if grad_norm is None else float(grad_norm),
+                                  tokens_per_s=round(tokens_per_s, 1))
+                    if run.fused is not None and not run.fused.grad_norm_exact:
+                        record["grad_norm_exact"] = False  # projected matrices: in-subspace norm
+                    if evaluated:
+                        val_loss = evaluate(run)
+                        record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+                        console.print(f"step {run.step:>6}/{cfg.steps} | loss {last_loss:.3f} | val "
+                                      f"loss {val_loss:.3f} | val ppl {math.exp(val_loss):8.1f} | "
+                                      f"{tokens_per_s:,.0f} tokens/s")
                     record.update(optimizer_state_bytes=_state_bytes(run.optimizer),
                                   peak_memory_bytes=peak_memory_bytes(run.device))
                     log.write(record)
-                progress.update(task, completed=run.step, stats=(
-                    f"loss {last_loss:.3f} ppl {math.exp(min(last_loss, 50)):.1f} "
-                    f"{tokens_per_s:,.0f} tok/s"))
-                if run.step % cfg.save_every == 0 or run.step == cfg.steps:
+                progress.update(task, stats=(f"loss {last_loss:.3f} ppl "
+                                             f"{math.exp(min(last_loss, 50)):.1f} "
+                                             f"{tokens_per_s:,.0f} tok/s"))
+                if saving:
                     _save(run)
                     saved_at = run.step
                 if stop.requested:
@@ -212,9 +290,9 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 tokens_per_s=run.tokens / run.elapsed_s if run.elapsed_s else 0.0,
                 # optimizer.step() alone (this session), the part of a step the optimizer decides
                 optimizer_ms_per_step=1e3 * run.optimizer_s / session_steps if session_steps else 0.0,
-                train_loss=last_loss, val_loss=val_loss, val_ppl=math.exp(val_loss),
+                train_loss=losses.read(), val_loss=val_loss, val_ppl=math.exp(val_loss),
                 params=run.describe["params"],
                 weight_bytes=sum(p.nbytes for p in run.model.parameters()),
-                gradient_bytes=_gradient_bytes(run),
-                optimizer_state_bytes=state, adamw_state_bytes=adamw_bytes,
+                gradient_bytes=_gradient_bytes(run), optimizer_state_bytes=state,
+                adamw_state_bytes=adamw_state_bytes(run.model),
                 peak_memory_bytes=peak_memory_bytes(run.device), device=str(run.device))

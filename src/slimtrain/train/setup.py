@@ -4,7 +4,6 @@ checkpoint's state. Every user mistake is caught here, before anything is writte
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from ..errors import UserError
+from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
 from . import checkpoint
 from .config import TrainConfig
@@ -113,15 +113,15 @@ def default_rank(recipe_rank: int, hidden_size: int) -> int:
 
 
 def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
-    """Recipe arguments from the flags: only those the recipe takes (a flag it ignores is an error)."""
+    """Recipe arguments from the flags: only those the recipe's ``Config`` declares (a flag it
+    ignores is an error)."""
     recipe = optim.recipe(config.optimizer)
-    params = inspect.signature(recipe.factory).parameters
     kwargs = dict(config.optim_args)
     for name in ("lr", "weight_decay"):
         if getattr(config, name) is not None:
             kwargs[name] = getattr(config, name)
-    if "rank" in params:
-        default = params["rank"].default
+    if recipe.accepts("rank") and recipe.options() is not None:
+        default = recipe.default("rank")
         if config.rank is not None:
             kwargs["rank"] = config.rank
         elif isinstance(default, int):
@@ -129,12 +129,11 @@ def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
     elif config.rank is not None:
         raise UserError(f"--rank does not apply to {recipe.name}, which does not project gradients; "
                         "drop --rank or choose a projecting optimizer")
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in kwargs if k not in params and not takes_any]
+    unknown = [k for k in kwargs if not recipe.accepts(k)]
     if unknown:
-        options = [p for p in params if p not in ("self", "model_or_params")]
-        raise UserError(f"optimizer {recipe.name} takes no argument {unknown[0]!r}; it takes "
-                        f"{', '.join(options)}")
+        options = [o.name for o in recipe.options()]
+        raise UserError(f"optimizer {recipe.name} takes no argument {unknown[0]!r}.{did_you_mean(unknown[0], options)} "
+                        f"It takes {', '.join(options)} (see `slimtrain optimizers {recipe.name}`)")
     return kwargs
 
 

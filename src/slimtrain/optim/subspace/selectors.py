@@ -29,6 +29,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..util import ceil_div
+
 SELECTORS = ("svd", "randomized", "gaussian", "orthogonal", "columns", "blocks")
 GRADIENT_SELECTORS = ("svd", "randomized")
 ORTHONORMAL_SELECTORS = ("svd", "randomized", "orthogonal", "columns", "blocks")
@@ -133,7 +135,7 @@ def coordinate_index(shape, rank: int, side: str, method: str, generator: torch.
     rows = shape[0] if side == "left" else shape[1]
     if method == "columns":
         return torch.randperm(rows, generator=generator)[:rank].sort().values
-    blocks = -(-rows // rank)
+    blocks = ceil_div(rows, rank)
     block = (blocks - 1 - refresh_index) % blocks  # descending: the last block first
     return (torch.arange(rank) + block * rank) % rows  # a short last block wraps to the start
 

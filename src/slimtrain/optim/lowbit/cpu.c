@@ -1,15 +1,15 @@
 /* The one-pass low-bit Adam step on a CPU: dequantize -> Adam -> absmax -> requantize, one block of
  * 256 (8-bit) or 128 (4-bit) elements at a time, in registers and L1.
  *
- * Built at first use by lowbit_native.py with the machine's C compiler (-O3 -march=native, no
+ * Built at first use by native.py with the machine's C compiler (-O3 -march=native, no
  * contraction into fused multiply-adds, IEEE math): the same float32 operations in the same order as
- * the eager reference (lowbit_kernel._block_step, quant.encode / decode), so the results are the
- * same bits; tested. Decoding is a table look-up: the tables are quant.code_table's values, passed
- * in. Encoding mirrors quant.encode; its constants (per decade: slope R, offset K, first code 2**e;
+ * the eager reference (kernel._block_step, codec.encode / decode), so the results are the
+ * same bits; tested. Decoding is a table look-up: the tables are codec.code_table's values, passed
+ * in. Encoding mirrors codec.encode; its constants (per decade: slope R, offset K, first code 2**e;
  * the thresholds between decades) are quant's, passed in.
  *
  * block() is plain C written for the compiler's auto-vectorizer (branch-free selects, restrict
- * pointers, blocks in local arrays); lowbit_cpu_avx512.h has the same block with AVX-512 intrinsics,
+ * pointers, blocks in local arrays); cpu_avx512.h has the same block with AVX-512 intrinsics,
  * used when the CPU has them. The only integer tricks are the absolute maximum (max of the
  * sign-cleared bit patterns, exact for floats) and the bfloat16 conversions.
  */
@@ -51,18 +51,18 @@ INLINE uint16_t bf16_nearest(float x) {
     return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : (uint16_t)r;
 }
 
-/* lowbit_kernel._hash32 on 32-bit words. */
+/* kernel._hash32 on 32-bit words. */
 INLINE uint32_t hash32(uint32_t x) {
     x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x1B873593u; return x ^ (x >> 16);
 }
 
-/* lowbit_kernel.stochastic_round_bf16 for one element of global index i. */
+/* kernel.stochastic_round_bf16 for one element of global index i. */
 INLINE uint16_t bf16_stochastic(float x, uint32_t i, uint32_t key) {
     uint32_t u = (bits_of(x) + (hash32(i ^ key) & 0xFFFFu)) & 0xFFFF0000u;
     return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : (uint16_t)(u >> 16);
 }
 
-/* quant.encode of y (already divided by the block's absmax) in a tree map with F magnitude bits. */
+/* codec.encode of y (already divided by the block's absmax) in a tree map with F magnitude bits. */
 INLINE float encode_tree(float y, const tree_t *t, const int F, const int first, const int sign) {
     float a = fabsf(y);
     float slope = t->R[first], offset = t->K[first], low = t->low[first];
@@ -86,7 +86,7 @@ INLINE float encode_tree(float y, const tree_t *t, const int F, const int first,
     return a <= t->zero ? 0.0f : u;
 }
 
-/* quant.encode in the linear map (u + 1) / 2**bits. */
+/* codec.encode in the linear map (u + 1) / 2**bits. */
 INLINE float encode_linear(float y, const int bits) {
     float u = rintf(fabsf(y) * (float)(1 << bits)) - 1.0f;
     u = u < 0.0f ? 0.0f : u;
@@ -95,7 +95,7 @@ INLINE float encode_linear(float y, const int bits) {
 }
 
 
-#define TINY 1.17549435e-38f  /* quant.quantize_blocks clamps absmax to the smallest normal float */
+#define TINY 1.17549435e-38f  /* codec.quantize_blocks clamps absmax to the smallest normal float */
 
 /* Codes one per byte (4-bit: element 2i in the high nibble of byte i, 2i+1 in the low one). */
 INLINE void unpack_codes(const uint8_t *mc, const uint8_t *vc, uint8_t *mu, uint8_t *vu,
@@ -167,7 +167,7 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
             p[i] = mode == 2 ? bf16_nearest(x) : bf16_stochastic(x, i0 + (uint32_t)i, key);
         }
     }
-    /* quant.quantize_blocks: divide by absmax clamped to the smallest normal float */
+    /* codec.quantize_blocks: divide by absmax clamped to the smallest normal float */
     const float mam = float_of(mmax), vam = float_of(vmax);
     const float md = mam < TINY ? TINY : mam, vd = vam < TINY ? TINY : vam;
     const tree_t mtr = a->m_tree, vtr = a->v_tree;  /* local copies: no aliasing with the codes */
@@ -182,7 +182,7 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
 
 #if defined(__AVX512F__)
 #define SIMD16 1
-#include "lowbit_cpu_avx512.h"
+#include "cpu_avx512.h"
 #endif
 
 #ifdef SIMD16
@@ -203,7 +203,7 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
         case 2: BY_GRAD(B, BITS, VLIN, 2); break; default: BY_GRAD(B, BITS, VLIN, 3); } } while (0)
 
 /* Blocks [begin, end) of one tensor; 8-bit: signed tree M, unsigned tree V; 4-bit: signed tree M,
- * linear V. ``generic`` != 0 forces the plain-C path (tests compare both). Returns 0, or -1 for an
+ * linear V. ``generic`` != 0 forces the plain-C path (SLIMTRAIN_NATIVE=portable; tests compare both). Returns 0, or -1 for an
  * unsupported width. */
 int slimtrain_adam_lowbit(const step_args *a, int64_t begin, int64_t end, int generic) {
 #ifdef SIMD16

@@ -4,12 +4,12 @@
 
 * ``None`` — moments in the parameter's dtype: the unchanged kernels of ``adam.py`` (torch's AdamW);
 * ``32`` / ``16`` — float32 / bfloat16 moments;
-* ``8`` / ``4`` — block-wise quantized moments (``quant.py``): uint8 codes + one float32 absmax per
+* ``8`` / ``4`` — block-wise quantized moments (``codec.py``): uint8 codes + one float32 absmax per
   block. Tensors with fewer than ``quantize_min_numel`` elements (4096, as bitsandbytes and torchao)
   keep float32 moments: codes would save a few bytes for their error.
 
 Moments stored in the parameter's dtype take the unchanged path; Adam's others take the one-pass
-compiled kernel of ``lowbit_kernel.py`` (bf16 parameters optionally with stochastic rounding).
+one-pass kernel of ``kernel.py`` (the C kernel of ``native.py`` on CPUs) (bf16 parameters optionally with stochastic rounding).
 
 ``state_bits`` applies to every inner rule's moments (``rules.py``): which moments a rule keeps comes
 from its ``moment_shapes``, which are never negative from ``Rule.nonnegative`` (unsigned maps).
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .lowbit_kernel import _pad, _parts, seed_key, stochastic_round_bf16, update_tensor_
-from .quant import block_size, dequantize_blocks, quantize_blocks
-from .rules import RULES
+from ..rules import get_rule
+from ..util import ceil_div, pad_flat
+from .codec import block_size, dequantize_blocks, quantize_blocks
+from .kernel import seed_key, stochastic_round_bf16, update_tensor_
 
 STATE_BITS = (None, 32, 16, 8, 4)
 
@@ -48,11 +49,15 @@ class Storage:
         """The state keys that hold the moment ``name``."""
         return (f"{name}_codes", f"{name}_absmax") if self.quantized else (name,)
 
+    def parts(self, state: dict, name: str) -> tuple[Tensor, ...]:
+        """The state tensors that hold the moment ``name``: (codes, absmax) or (moment,)."""
+        return tuple(state[k] for k in self.keys(name))
+
     def shapes(self, name: str, shape) -> dict[str, tuple[int, ...]]:
         shape = tuple(shape)
         if not self.quantized:
             return {name: shape}
-        blocks = -(-math.prod(shape) // block_size(self.bits))
+        blocks = ceil_div(math.prod(shape), block_size(self.bits))
         return dict(zip(self.keys(name), (_codes_shape(shape, self.bits), (blocks,))))
 
     def dtypes(self) -> tuple[torch.dtype, ...]:
@@ -78,16 +83,6 @@ def _codes_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     return ((math.prod(shape) + 1) // 2,)
 
 
-def check_group(group: dict) -> None:
-    bits = group["state_bits"]
-    if bits not in STATE_BITS:
-        raise ValueError(f"state_bits must be one of {STATE_BITS} (None: the parameter's dtype), "
-                         f"got {bits!r}")
-    floor = group["quantize_min_numel"]
-    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
-        raise ValueError(f"quantize_min_numel must be an integer >= 0, got {floor!r}")
-
-
 def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Storage:
     bits = group["state_bits"]
     if bits is None:
@@ -105,7 +100,7 @@ Layout = dict  # moment key → (Storage, moment shape)
 def layout(group: dict, rule: str, like: Tensor, shape) -> Layout:
     """How each moment of ``rule`` for an update of ``shape`` is stored (``like``: the parameter,
     or a tensor of its dtype); derived from the group, never stored."""
-    kernel = RULES[rule]
+    kernel = get_rule(rule)
     return {key: (_storage(group, like.dtype, math.prod(s), key not in kernel.nonnegative), tuple(s))
             for key, s in kernel.moment_shapes(tuple(shape), group).items()}
 
@@ -136,9 +131,9 @@ def load_moment(state: dict, name: str, storage: Storage, shape, dtype=torch.flo
     ``dtype``, or itself with ``dtype=None``."""
     if not storage.quantized:
         return state[name] if dtype is None else state[name].to(dtype)
-    codes, absmax = _parts(state, name, storage)
+    codes, absmax = storage.parts(state, name)
     numel, B = math.prod(shape), block_size(storage.bits)
-    flat = _pad(codes.reshape(-1), absmax.numel() * B * storage.bits // 8)
+    flat = pad_flat(codes.reshape(-1), absmax.numel() * B * storage.bits // 8)
     values = dequantize_blocks(flat.view(absmax.numel(), -1), absmax, storage.kind, storage.bits,
                                dtype or torch.float32)
     return values.reshape(-1)[:numel].reshape(shape)
@@ -149,21 +144,22 @@ def store_moment_(state: dict, name: str, storage: Storage, value: Tensor) -> No
         if value is not state[name]:
             state[name].copy_(value)
         return
-    codes, absmax = _parts(state, name, storage)
+    codes, absmax = storage.parts(state, name)
     B = block_size(storage.bits)
-    blocks = _pad(value.reshape(-1), absmax.numel() * B).view(-1, B)
+    blocks = pad_flat(value.reshape(-1), absmax.numel() * B).view(-1, B)
     new_codes, new_absmax = quantize_blocks(blocks, storage.kind, storage.bits)
     codes.view(-1).copy_(new_codes.view(-1)[:codes.numel()])
     absmax.copy_(new_absmax)
 
 
 def run_rule_(group: dict, rule: str, lay: Layout, grad: Tensor, state: dict, count_key: str,
-              param: Tensor | None, *, name: str, impl: str):
+              param: Tensor | None, *, name: str, impl: str, inputs: dict | None = None):
     """One step of ``rule`` for one tensor whose moments are not in the parameter's dtype.
     Returns (direction, factor) on the projected path (``param`` None), else None.
 
-    Adam takes the one-pass kernel below; any other rule runs on float32 copies of its moments
-    (dequantize → rule → requantize) and of a lower-precision parameter."""
+    Adam takes the one-pass kernel (``kernel.py``); any other rule runs on float32 copies of its
+    moments (dequantize → rule → requantize) and of a lower-precision parameter. ``inputs``: the
+    rule's extra inputs for this tensor (one-element lists)."""
     if rule == "adam":
         direction, factor = update_tensor_(group, {k: s for k, (s, _) in lay.items()}, param, grad,
                                            state, state[count_key], name)
@@ -171,8 +167,8 @@ def run_rule_(group: dict, rule: str, lay: Layout, grad: Tensor, state: dict, co
     compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
     moments = {k: load_moment(state, k, s, shape, compute) for k, (s, shape) in lay.items()}
     work = None if param is None else (param if param.dtype == compute else param.to(compute))
-    out = RULES[rule].update([grad.to(compute)], [moments], [state[count_key]], group, impl,
-                             params=None if work is None else [work])
+    out = get_rule(rule).update([grad.to(compute)], [moments], [state[count_key]], group, impl,
+                                params=None if work is None else [work], inputs=inputs)
     for key, (storage, _) in lay.items():
         store_moment_(state, key, storage, moments[key])
     if param is None:

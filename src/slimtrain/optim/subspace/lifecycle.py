@@ -8,34 +8,32 @@ scalars; the rule's counter restarts when the moments are reset), the rule's mom
 
 from __future__ import annotations
 
-import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .._warnings import warn
-from . import basis_store, lowbit, refresh
-from .groups import ParamPlan
-from .rules import RULES
+from ..._warnings import warn
+from ..lowbit import storage as lowbit
+from ..rules import get_rule
+from ..util import name_seed
+from . import basis_store, refresh
+from .geometry import projected_shape, reproject_moments_
 from .selectors import GRADIENT_SELECTORS, random_orthonormal_basis, select_basis
-from .subspace import projected_shape, reproject_moments_
 
-
-def seed_for(name: str, step: int) -> int:
-    """Seed of a refresh: from the parameter's *name* and the step, so bases are reproducible and
-    resume-safe without touching the global RNG, whatever the parameter order."""
-    return zlib.crc32(name.encode()) * 1_000_003 + step
+if TYPE_CHECKING:
+    from ..groups import ParamPlan
 
 
 def current_basis(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict) -> Tensor:
     return basis_store.load(state, p.shape, plan.rank, plan.side, group, p.device)
 
 
-def _first_state(opt, group, p: Tensor, plan: ParamPlan, state: dict, off: int) -> None:
+def _first_state(group, p: Tensor, plan: ParamPlan, state: dict, off: int) -> None:
     state["step"] = torch.tensor(0.0, dtype=torch.float32)
     state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
-    opt._init_moments(state, plan.rule, projected_shape(p.shape, plan.rank, plan.side), p, group)
+    shape = projected_shape(p.shape, plan.rank, plan.side)
+    lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, shape), p.device)
     if group["limiter"] is not None:
         # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
         state["limiter_norm"] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
@@ -47,7 +45,7 @@ def _first_state(opt, group, p: Tensor, plan: ParamPlan, state: dict, off: int) 
 def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | None,
             basis: Tensor | None) -> None:
     """Apply the switch policy to the moments at a basis change."""
-    rule = RULES[plan.rule]
+    rule = get_rule(plan.rule)
     layout = lowbit.layout(group, plan.rule, p, projected_shape(p.shape, plan.rank, plan.side))
     if group["switch"] == "reset":
         for key in lowbit.stored_shapes(layout):  # zero codes with zero scales are zero moments
@@ -75,8 +73,7 @@ def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
     return refresh.due(group, state, int(state["step"].item()), off)
 
 
-def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
-                  ) -> Tensor | None:
+def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict) -> Tensor | None:
     """Recompute the basis when due; returns the gradient projected on the new basis when the
     selector produced it as a by-product, else None."""
     if not refresh_due(group, plan, state):
@@ -85,8 +82,8 @@ def maybe_refresh(opt, group: dict[str, Any], p: Tensor, plan: ParamPlan, state:
     first = not state
     step = 0 if first else int(state["step"].item())
     if first:
-        _first_state(opt, group, p, plan, state, off)
-    seed = seed_for(plan.name, step)
+        _first_state(group, p, plan, state, off)
+    seed = name_seed(plan.name, step)
     method = group["basis"]
     if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset
         basis_store.store(state, None, group, seed=seed)

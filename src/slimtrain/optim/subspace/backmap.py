@@ -25,7 +25,8 @@ import math
 import torch
 from torch import Tensor
 
-from .subspace import apply_back_
+from ..rules.base import decay_factor
+from .geometry import apply_back_, minus_back
 
 BACKMAPS = ("project", "channel", "tensor")
 RESIDUALS = ("none", "fira", "sign", "sgd")
@@ -54,14 +55,6 @@ def _limit(state: dict, norm: Tensor, units: float, gamma: float, first: bool) -
     return divisor
 
 
-def _residual(G: Tensor, R: Tensor, basis: Tensor, side: str) -> Tensor:
-    """(I − BBᵀ)G = G − back(R), one m×n tensor."""
-    B = basis.to(R.dtype)
-    if side == "left":
-        return torch.addmm(G, B, R, alpha=-1)
-    return torch.addmm(G, R, B, alpha=-1)
-
-
 def reads_full_gradient(group: dict) -> bool:
     """Whether ``apply_update_`` reads the full gradient G (APOLLO's scaling, the residuals) and
     not only R: such a matrix cannot accumulate just R across micro-batches (fused_backward.py)."""
@@ -76,7 +69,7 @@ def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, sid
     ``first`` says whether this is the matrix's first update (the limiter has no previous norm).
     """
     lr, scale = group["lr"], group["scale"]
-    decay = 1 - lr * group["weight_decay"]
+    decay = decay_factor(lr, group["weight_decay"])
     step = lr * factor
     # Norm ratios drop the sign of D, so norm-scaled terms use |factor| (fused Adam returns −ψ, −1).
     magnitude = lr * abs(factor)
@@ -97,7 +90,7 @@ def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, sid
         p.addcmul_(G, s.to(G.dtype), value=-magnitude * math.sqrt(scale))
         return
     residual = group["residual"]
-    E = None if residual == "none" else _residual(G, R, basis, side)
+    E = None if residual == "none" else minus_back(G, R, basis, side)
     apply_back_(p, D, basis, side, alpha=-step * scale, beta=decay)
     if E is None:
         return

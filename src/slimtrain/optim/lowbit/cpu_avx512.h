@@ -1,4 +1,4 @@
-/* The AVX-512 path of lowbit_cpu.c (included there when the compiler targets AVX-512): block()
+/* The AVX-512 path of cpu.c (included there when the compiler targets AVX-512): block()
  * written with 16-lane intrinsics. Same operations, same order, same bits as block() (tested);
  * faster because the table look-ups are in-register permutes (the compilers' gathers are slower on
  * the CPUs measured), the encoder finds a value's decade from its float exponent instead of a compare

@@ -51,11 +51,6 @@ def project(G: Tensor, basis: Tensor, side: str) -> Tensor:
     return B.t() @ G if side == "left" else G @ B.t()
 
 
-def project_back(N: Tensor, basis: Tensor, side: str) -> Tensor:
-    B = basis.to(N.dtype)
-    return B @ N if side == "left" else N @ B
-
-
 def apply_back_(param: Tensor, N: Tensor, basis: Tensor, side: str, *, alpha: float,
                 beta: float) -> None:
     """param ← beta·param + alpha·back(N), in one BLAS call with no m×n temporary."""
@@ -66,14 +61,27 @@ def apply_back_(param: Tensor, N: Tensor, basis: Tensor, side: str, *, alpha: fl
         param.addmm_(N, B, beta=beta, alpha=alpha)
 
 
+def minus_back(G: Tensor, R: Tensor, basis: Tensor, side: str) -> Tensor:
+    """G − back(R), one new m×n tensor: with R = project(G) this is (I − BBᵀ)G, the part of G
+    outside the subspace (Fira's and FRUGAL's residuals)."""
+    B = basis.to(R.dtype)
+    if side == "left":
+        return torch.addmm(G, B, R, alpha=-1)
+    return torch.addmm(G, R, B, alpha=-1)
+
+
+def overlap(new: Tensor, old: Tensor, side: str) -> Tensor:
+    """C[i, j] = ⟨new_i, old_j⟩ between two bases of the same side (r × r)."""
+    return new.t() @ old if side == "left" else new @ old.t()
+
+
 def reproject_moments_(exp_avg: Tensor, exp_avg_sq: Tensor, old: Tensor, new: Tensor,
                        side: str) -> None:
     """Carry Adam's moments from the ``old`` basis to the ``new`` one (see module docstring)."""
+    C = overlap(new, old, side)
     if side == "left":
-        C = new.t() @ old
         exp_avg.copy_(C.to(exp_avg.dtype) @ exp_avg)
         exp_avg_sq.copy_((C * C).to(exp_avg_sq.dtype) @ exp_avg_sq)
     else:
-        C = new @ old.t()
         exp_avg.copy_(exp_avg @ C.t().to(exp_avg.dtype))
         exp_avg_sq.copy_(exp_avg_sq @ (C * C).t().to(exp_avg_sq.dtype))

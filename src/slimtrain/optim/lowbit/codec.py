@@ -27,13 +27,19 @@ table look-ups: under torch.compile a gather becomes a scalar loop on CPU, while
 they run the same on CPU and GPU. The map *is* ``decode``'s float32 arithmetic (within 1e-6 of the
 paper's values); on CPU eager and compiled code round it alike (no contraction), a GPU compiler that
 fuses multiply-adds may move a value by an ulp.
+
+The subspace bases of Q-GaLore are quantized here too (``quantize_minmax``: asymmetric min–max in
+groups), with the same 4-bit packing: two codes per byte, element 2i in the high nibble.
 """
 
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
+
+from ..util import ceil_div, pad_flat
 
 MAPS = ("signed", "unsigned", "linear")
 _BLOCK = {8: 256, 4: 128}
@@ -78,7 +84,7 @@ def _tree_values(f: Tensor, t: dict) -> Tensor:
 
 
 # Built once at import: torch.compile traces plain dict reads, not cache wrappers.
-_TREES = {(kind, bits): _tree_constants(kind, bits)
+TREES = {(kind, bits): _tree_constants(kind, bits)
           for kind, bits in (("signed", 8), ("unsigned", 8), ("signed", 4), ("unsigned", 4))}
 
 
@@ -87,7 +93,7 @@ def decode(codes: Tensor, kind: str, bits: int, dtype=torch.float32) -> Tensor:
     u = codes.to(torch.int32)
     if kind == "linear":
         return ((u + 1).to(torch.float32) / 2**bits).to(dtype)
-    t = _TREES[kind, bits]
+    t = TREES[kind, bits]
     F = t["F"]
     magnitude = u & (2**F - 1)
     f = magnitude.to(torch.float32)
@@ -106,7 +112,7 @@ def encode(y: Tensor, kind: str, bits: int) -> Tensor:
     a = y.abs().to(torch.float32)
     if kind == "linear":
         return (torch.round(a * 2**bits) - 1).clamp(0, 2**bits - 1).to(torch.uint8)
-    t = _TREES[kind, bits]
+    t = TREES[kind, bits]
     F, first = t["F"], t["first"]
     # The decade's constants, chosen by the thresholds between decades (monotone: top-down selects).
     slope = torch.full_like(a, t["R"][first])
@@ -141,6 +147,47 @@ def pack4(codes: Tensor) -> Tensor:
 
 def unpack4(packed: Tensor) -> Tensor:
     return torch.stack((packed >> 4, packed & 15), dim=-1).flatten(-2)
+
+
+def packed_bytes(numel: int, bits: int) -> int:
+    """Bytes of ``numel`` codes of ``bits`` bits (4-bit codes two per byte)."""
+    return ceil_div(numel * bits, 8)
+
+
+# ----------------------------------------------------------------------------------- min–max
+def quantize_minmax(values: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric min–max quantization of the flattened ``values`` in groups of ``group_size``:
+    (codes (uint8, 4-bit ones packed), float32 scale per group, float32 minimum per group)."""
+    flat = values.reshape(-1).float()
+    numel = flat.numel()
+    groups = ceil_div(numel, group_size)
+    blocks = pad_flat(flat, groups * group_size).view(-1, group_size)
+    lo, hi = blocks.min(dim=1).values, blocks.max(dim=1).values
+    if numel % group_size:  # the padding must not widen the last group's range
+        tail = flat[(numel // group_size) * group_size:]
+        lo[-1], hi[-1] = tail.min(), tail.max()
+    levels = 2**bits - 1
+    scale = ((hi - lo) / levels).clamp_(min=torch.finfo(torch.float32).tiny)
+    codes = ((blocks - lo[:, None]) / scale[:, None]).round_().clamp_(0, levels)
+    codes = codes.reshape(-1)[:numel].to(torch.uint8)
+    if bits == 4:
+        codes = pack4(pad_flat(codes, ceil_div(numel, 2) * 2))
+    return codes, scale, lo
+
+
+def dequantize_minmax(codes: Tensor, scale: Tensor, lo: Tensor, bits: int, group_size: int,
+                      shape) -> Tensor:
+    numel = math.prod(shape)
+    if bits == 4:
+        codes = unpack4(codes)
+    values = pad_flat(codes[:numel].float(), scale.numel() * group_size).view(-1, group_size)
+    values = values.mul_(scale[:, None]).add_(lo[:, None])
+    return values.reshape(-1)[:numel].reshape(shape)
+
+
+def swap_nibbles(codes: Tensor) -> Tensor:
+    """Packed 4-bit codes in the other nibble order (state format 1 packed bases low nibble first)."""
+    return (codes >> 4) | ((codes & 15) << 4)
 
 
 # ----------------------------------------------------------------------------------- blocks

@@ -1,13 +1,17 @@
 """The pipeline optimizer: one ``torch.optim.Optimizer`` that runs, per parameter,
 
-    gradient ─► subspace selector (refresh.py, selectors.py) ─► R = project(G)
-             ─► inner rule (rules.py: adam / adafactor / lion / natural)
-             ─► back-map, residual, limiter (backmap.py) ─► decoupled weight decay and lr ─► W
+    gradient ─► subspace selector (subspace/) ─► R = project(G)
+             ─► inner rule (rules/: adam / adafactor / lion / natural / registered ones)
+             ─► back-map, residual, limiter (subspace/backmap.py) ─► decoupled weight decay, lr ─► W
 
 Parameters in a group without ``rank`` skip the projection and go through the same rule with the
 gradient itself (with Adam they equal ``torch.optim.AdamW`` bit for bit). Recipes (``AdamW``,
-``GaLoreAdamW``, ``APOLLO``, ``Fira``, …) are configurations of this class; see ``recipes.py`` and
-``family.py``. Group keys and their defaults are listed in ``groups.py``.
+``GaLoreAdamW``, ``APOLLO``, ``Fira``, …, in ``recipes/``) are configurations of this class.
+Group keys and their defaults are in ``groups.py``.
+
+``step(closure=None, **inputs)``: ``inputs`` are extra inputs for the rules that declared them in
+``Rule.needs`` (a tensor or any value for all parameters, or a mapping parameter-or-name → value);
+a rule that needs ``"closure"`` receives the closure instead of ``step()`` calling it.
 
 State is tensors only (moments, bases or seeds, step counters) so ``state_dict()`` loads with
 ``torch.load(weights_only=True)``; ``load_state_dict`` keeps every state tensor's dtype
@@ -17,23 +21,26 @@ State is tensors only (moments, bases or seeds, step counters) so ``state_dict()
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._warnings import warn
-from . import lowbit
-from .adam import fused_supported
-from .backmap import apply_update_, reads_full_gradient
-from .groups import GROUP_DEFAULTS, ParamPlan, check_group, plan_group
-from .rules import RULES
+from .groups import (GROUP_DEFAULTS, ParamPlan, check_group, fill_group, plan_group, rule_keys,
+                     split_matrix_only)
+from .lowbit import storage as lowbit
+from .rules import get_rule
+from .rules.adam import fused_supported
 from .state_io import STATE_FORMAT, StateIO
-from .subspace import project, projected_shape
-from .subspace_state import current_basis, maybe_refresh, refresh_due
+from .subspace.backmap import apply_update_, reads_full_gradient
+from .subspace.geometry import project, projected_shape
+from .subspace.lifecycle import current_basis, maybe_refresh, refresh_due
 from .targets import translate_galore_keys
 
 __all__ = ["GROUP_DEFAULTS", "STATE_FORMAT", "ParamPlan", "PipelineOptimizer"]
+
 
 def _grad_norms(grads: list[Tensor]) -> list[float]:
     """L2 norm of each gradient with one device sync; fp16/bf16 are summed in fp32 so a large
@@ -49,18 +56,20 @@ def _grad_norms(grads: list[Tensor]) -> list[float]:
 
 
 def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
-    """for-loop, foreach or fused. Only Adam has a fused kernel; other rules run foreach then."""
+    """for-loop, foreach or fused, among the implementations the rule has (a rule without a fused
+    kernel runs foreach when fused is asked for)."""
+    impls = get_rule(rule).implementations
     fused = group["fused"]
-    if rule != "adam":
-        return "foreach" if group["foreach"] or fused else "forloop"
-    if fused is None:
-        fused = fused_supported(tensors, group["eps_mode"])
-    elif fused and not fused_supported(tensors, group["eps_mode"]):
-        raise ValueError('fused=True needs eps_mode="torch" and float tensors on cpu/cuda/mps/xpu; '
-                         "pass fused=None to use it only where it applies")
-    if fused:
-        return "fused"
-    return "foreach" if group["foreach"] else "forloop"
+    if "fused" in impls:
+        if fused is None:
+            fused = fused_supported(tensors, group["eps_mode"])
+        elif fused and not fused_supported(tensors, group["eps_mode"]):
+            raise ValueError('fused=True needs eps_mode="torch" and float tensors on cpu/cuda/mps/xpu; '
+                             "pass fused=None to use it only where it applies")
+        if fused:
+            return "fused"
+        return "foreach" if group["foreach"] else "forloop"
+    return "foreach" if group["foreach"] or fused else "forloop"
 
 
 # A projected step holds every matrix's low-rank gradient and direction until they are applied.
@@ -87,21 +96,42 @@ def chunk_by_bytes(sizes: list[int], limit: int) -> list[list[int]]:
     return chunks
 
 
+def _named(params) -> list:
+    return [params] if isinstance(params, Tensor) else list(params)
+
+
 class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     """Runs the projection pipeline; recipes choose its parts and defaults."""
 
     def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]):
         self._plans: dict[Tensor, ParamPlan] = {}
         self._unnamed = 0
+        self._warned_no_grad = False
         self.grad_norm: float | None = None  # global L2 norm of the last step's gradients
-        self._fused_backward = None  # the layer-wise handle while fuse_backward() is active
+        self.layerwise = None  # the layer-wise handle while fuse_backward() is active
         super().__init__(param_groups, {**GROUP_DEFAULTS, **defaults})
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group = translate_galore_keys(param_group)
-        super().add_param_group(param_group)
+        """Add a group: defaulted (``groups.fill_group``), split when its rule works on matrices
+        only (``groups.split_matrix_only``), validated and planned."""
+        if isinstance(param_group.get("params"), set):
+            return super().add_param_group(param_group)  # torch refuses unordered parameters
+        group = fill_group(translate_galore_keys(param_group), self.defaults)
+        items = _named(group["params"])
+        names = [x[0] if isinstance(x, tuple) else f"param{self._unnamed + i}"
+                 for i, x in enumerate(items)]
+        tensors = [x[1] if isinstance(x, tuple) else x for x in items]
+        by_id = {id(t): x for t, x in zip(tensors, items)}
+        for piece, _ in split_matrix_only({**group, "params": tensors}, names):
+            self._add_group({**piece, "params": [by_id[id(t)] for t in piece["params"]]})
+
+    def _add_group(self, piece: dict[str, Any]) -> None:
+        super().add_param_group(piece)
         group = self.param_groups[-1]
+        own = set(GROUP_DEFAULTS) | set(rule_keys(group["rule"]))
+        for key in [k for k in group if k not in piece and k not in own]:
+            del group[key]  # torch's defaulting added another rule's key
         check_group(group)
         self._plan(group)
 
@@ -115,48 +145,84 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("layerwise", None)
         for group in self.param_groups:  # checkpoints from older versions lack newer keys
-            for key, value in GROUP_DEFAULTS.items():
+            for key, value in fill_group({"rule": group.get("rule", "adam")}, {}).items():
                 group.setdefault(key, value)
+
+    def plan_of(self, p: Tensor) -> ParamPlan:
+        """How ``p`` is handled (its name, rank or None, rule, projection side)."""
+        return self._plans[p]
+
+    @property
+    def step_inputs(self) -> frozenset[str]:
+        """The extra inputs the rules of this optimizer read from ``step(**inputs)``."""
+        return frozenset(n for g in self.param_groups for p in g["params"]
+                         for n in get_rule(self._plans[p].rule).needs)
+
+    def implementations(self, p: Tensor) -> tuple[str, ...]:
+        """The distinct code paths ``p``'s step can take: its rule's implementations (for-loop,
+        foreach, fused), or ("eager", "kernel") for moments kept in low bits."""
+        plan, group = self._plans[p], self._group_of()[p]
+        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
+        lay = lowbit.layout(group, plan.rule, p, shape)
+        if not lowbit.native(group, p, lay):
+            return ("eager", "kernel") if plan.rule == "adam" else get_rule(plan.rule).implementations
+        return get_rule(plan.rule).implementations
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
-    def step(self, closure=None):
-        if self._fused_backward is not None:  # parameters were updated in backward: finish the step
-            return self._fused_backward.finish_step(closure)
+    def step(self, closure=None, **inputs):
+        if self.layerwise is not None:  # parameters were updated in backward: finish the step
+            return self.layerwise.finish_step(closure, **inputs)
+        needs = self.step_inputs
+        unknown = sorted(set(inputs) - needs)
+        if unknown:
+            raise ValueError(f"step() got the input {unknown[0]!r}, which no rule of this optimizer "
+                             f"reads (they read: {', '.join(sorted(needs)) or 'none'})")
         loss = None
-        if closure is not None:
+        if closure is not None and "closure" in needs:
+            inputs["closure"] = closure
+        elif closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        norms_sq = 0.0
-        checked = True
+        norms_sq, checked, stepped = 0.0, True, False
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            group_norm_sq = self._step_params(group, params)
+            stepped = True
+            group_norm_sq = self.step_params(group, params, inputs=inputs)
             if group_norm_sq is None:
                 checked = False
             else:
                 norms_sq += group_norm_sq
+        if not stepped and not self._warned_no_grad:
+            self._warned_no_grad = True
+            warn("optimizer.step() found no parameter with a gradient, so it changed nothing: "
+                 "call loss.backward() before step()")
         self.grad_norm = math.sqrt(norms_sq) if checked else None
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        if self._fused_backward is not None:  # its low-rank accumulators are gradients too
-            self._fused_backward.discard()
+        if self.layerwise is not None:  # its low-rank accumulators are gradients too
+            self.layerwise.discard()
 
-    def _step_params(self, group: dict[str, Any], params: list[Tensor],
-                     low_rank: dict[Tensor, Tensor] | None = None) -> float | None:
-        """One optimizer step for ``params`` (all in ``group``, all with gradients).
+    def step_params(self, group: dict[str, Any], params: list[Tensor],
+                    low_rank: dict[Tensor, Tensor] | None = None, *,
+                    inputs: dict[str, Any] | None = None) -> float | None:
+        """One optimizer step for ``params`` (all in ``group``, all with gradients): the entry
+        point of ``step()`` and of the layer-wise mode.
 
-        ``low_rank`` (layer-wise accumulation, ``fused_backward.py``) maps projected parameters to
-        their gradient already projected on their current basis: their ``.grad`` is not read and
-        their basis is not refreshed on this step (the caller checked ``refresh_due``).
-        Returns the squared norm of their finite gradients, or None when not checked.
+        ``low_rank`` (layer-wise accumulation, ``layerwise/``) maps projected parameters to their
+        gradient already projected on their current basis: their ``.grad`` is not read and their
+        basis is not refreshed on this step (the caller checked ``refresh_due``). ``inputs``: the
+        step's extra inputs. Returns the squared norm of their finite gradients, or None when not
+        checked.
         """
         low_rank = low_rank or {}
+        inputs = inputs or {}
         for p in params:
             if p not in low_rank and p.grad.is_sparse:
                 raise ValueError("sparse gradients are not supported; use a dense embedding")
@@ -168,10 +234,10 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
             if not self._plans[p].projected:
                 plain.setdefault(self._plans[p].rule, []).append(p)
         for rule, tensors in plain.items():
-            self._step_plain(group, rule, tensors)
+            self._step_plain(group, rule, tensors, inputs)
         projected = [p for p in params if self._plans[p].projected]
         if projected:
-            self._step_projected(group, projected, low_rank)
+            self._step_projected(group, projected, low_rank, inputs)
         return norm_sq
 
     def _drop_nonfinite(self, params: list[Tensor], low_rank: dict[Tensor, Tensor]
@@ -185,58 +251,73 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         return keep, sum(v * v for v in values if math.isfinite(v))
 
     # ------------------------------------------------------------------ the inner rule
-    def _init_moments(self, state: dict[str, Tensor], rule: str, shape, like: Tensor,
-                      group: dict[str, Any]) -> None:
-        """Allocate the rule's moments (zeros) for an update of ``shape``, stored as the group's
-        ``state_bits`` say (lowbit.py; by default in the parameter's dtype)."""
-        lowbit.init_moments(state, lowbit.layout(group, rule, like, shape), like.device)
+    def _rule_inputs(self, rule: str, owners: list[Tensor], inputs: dict[str, Any]
+                     ) -> dict[str, list]:
+        """Each input the rule declared, one value per tensor (looked up by parameter or name in
+        a mapping; None where absent)."""
+        out = {}
+        for name in get_rule(rule).needs:
+            value = inputs.get(name)
+            if isinstance(value, Mapping):
+                out[name] = [value.get(p, value.get(self._plans[p].name)) for p in owners]
+            else:
+                out[name] = [value] * len(owners)
+        return out
 
     def _run_rule(self, group: dict[str, Any], rule: str, grads: list[Tensor],
-                  states: list[dict[str, Tensor]], count_key: str, params: list[Tensor] | None = None):
+                  states: list[dict[str, Tensor]], count_key: str, owners: list[Tensor],
+                  inputs: dict[str, Any], apply: bool):
         """The one place where a rule reads and writes its moments. Moments kept in another
         precision than the parameter's (``state_bits``) take lowbit's dequantize → rule →
-        requantize seam (for Adam: one compiled pass per tensor); the rest run the rule as it is."""
-        kernel = RULES[rule]
-        refs = params if params is not None else grads
-        layouts = [lowbit.layout(group, rule, r, g.shape) for r, g in zip(refs, grads)]
-        low = {i for i, lay in enumerate(layouts) if not lowbit.native(group, refs[i], lay)}
+        requantize seam (for Adam: one pass per tensor); the rest run the rule as it is.
+        ``apply``: the rule updates ``owners`` itself (the unprojected path); otherwise it returns
+        (directions, factors)."""
+        kernel = get_rule(rule)
+        layouts = [lowbit.layout(group, rule, p, g.shape) for p, g in zip(owners, grads)]
+        low = {i for i, lay in enumerate(layouts) if not lowbit.native(group, owners[i], lay)}
+        extra = self._rule_inputs(rule, owners, inputs)
         results = {}
         for i in sorted(low):
-            p = None if params is None else params[i]
+            p = owners[i] if apply else None
             results[i] = lowbit.run_rule_(
                 group, rule, layouts[i], grads[i], states[i], count_key, p,
-                name="" if p is None else self._plans[p].name, impl=_impl(group, [grads[i]], rule))
+                name="" if p is None else self._plans[p].name, impl=_impl(group, [grads[i]], rule),
+                inputs={k: v[i:i + 1] for k, v in extra.items()})
         idx = [i for i in range(len(grads)) if i not in low]
         if idx:
             moments = [{k: states[i][k] for k in kernel.moment_shapes(grads[i].shape, group)} for i in idx]
             counts = [states[i][count_key] for i in idx]
+            refs = owners if apply else grads
             out = kernel.update([grads[i] for i in idx], moments, counts, group,
                                 _impl(group, [refs[i] for i in idx], rule),
-                                params=None if params is None else [params[i] for i in idx])
-            if params is None:
+                                params=[owners[i] for i in idx] if apply else None,
+                                inputs={k: [v[i] for i in idx] for k, v in extra.items()})
+            if not apply:
                 results.update({i: (d, f) for i, d, f in zip(idx, *out)})
-        if params is not None:
+        if apply:
             return None
         return [results[i][0] for i in range(len(grads))], [results[i][1] for i in range(len(grads))]
 
-    def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor]) -> None:
+    def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor],
+                    inputs: dict[str, Any]) -> None:
         states = []
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                self._init_moments(state, rule, p.shape, p, group)
+                lowbit.init_moments(state, lowbit.layout(group, rule, p, p.shape), p.device)
             states.append(state)
-        self._run_rule(group, rule, [p.grad for p in params], states, "step", params=params)
+        self._run_rule(group, rule, [p.grad for p in params], states, "step", params, inputs,
+                       apply=True)
 
     def _step_projected(self, group: dict[str, Any], params: list[Tensor],
-                        given: dict[Tensor, Tensor]) -> None:
+                        given: dict[Tensor, Tensor], inputs: dict[str, Any]) -> None:
         sizes = [low_rank_bytes(p, self._plans[p]) for p in params]
         for chunk in chunk_by_bytes(sizes, PROJECTED_CHUNK_BYTES):
-            self._step_projected_chunk(group, [params[i] for i in chunk], given)
+            self._step_projected_chunk(group, [params[i] for i in chunk], given, inputs)
 
     def _step_projected_chunk(self, group: dict[str, Any], params: list[Tensor],
-                              given: dict[Tensor, Tensor]) -> None:
+                              given: dict[Tensor, Tensor], inputs: dict[str, Any]) -> None:
         rule = group["rule"]
         low_rank, bases, states, firsts = [], [], [], []
         for p in params:
@@ -250,8 +331,9 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
             low_rank.append(R)
             bases.append(basis)
             states.append(state)
-        directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step")
-        kernel = RULES[rule]
+        directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step", params,
+                                             inputs, apply=False)
+        kernel = get_rule(rule)
         for p, state, R, D, f, basis, first in zip(params, states, low_rank, directions, factors,
                                                     bases, firsts):
             state["step"] += 1
@@ -273,8 +355,8 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         return lowbit.load_moment(self.state[p], key, storage, moment_shape)
 
     # ------------------------------------------------------------------ layer-wise seam
-    # fused_backward.py steps one parameter at a time from its gradient hook; across micro-batches
-    # it keeps only R = project(G) for a matrix whose next step needs nothing else.
+    # layerwise/ steps one parameter at a time from its gradient hook; across micro-batches it
+    # keeps only R = project(G) for a matrix whose next step needs nothing else.
     def takes_low_rank(self, group: dict[str, Any], p: Tensor) -> bool:
         """Whether ``p``'s steps can take its gradient as R = project(G) alone: a projected
         matrix whose back-map and residual do not read G (not APOLLO's scaling, not Fira's or
@@ -298,7 +380,7 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     def _refresh_and_project(self, group, p: Tensor, plan: ParamPlan, state: dict
                              ) -> tuple[Tensor, Tensor]:
         """(R, basis): refresh when due, then ``p.grad`` projected on the current basis."""
-        fresh = maybe_refresh(self, group, p, plan, state)  # projection for free, if it ran
+        fresh = maybe_refresh(group, p, plan, state)  # projection for free, if it ran
         basis = current_basis(group, p, plan, state)
         if fresh is not None:
             return fresh.to(p.grad.dtype).contiguous(), basis

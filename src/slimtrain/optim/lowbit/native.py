@@ -1,4 +1,4 @@
-"""The CPU's fast path for the low-bit Adam step: ``lowbit_cpu.c``, built at first use.
+"""The CPU's fast path for the low-bit Adam step: ``cpu.c``, built at first use.
 
 Why a C kernel: on a CPU the one-pass step is compute-bound (decode, Adam, absmax, encode for two
 moments), and torch.compile's code for it ran 6.5–7.7× torch's fused fp32 AdamW — inductor turns
@@ -7,9 +7,10 @@ reference's float32 arithmetic in the same order (plain C for the auto-vectorize
 path), so it gives the same bits (tested).
 
 It is compiled once per machine with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``
-— torch.compile needs one too) and cached in slimtrain's cache directory (``data.cache``), keyed by
+— torch.compile needs one too) and cached in slimtrain's cache directory (``paths.cache_dir``), keyed by
 the source, the compiler, its flags and the CPU (``-march=native``). No compiler, a failed build,
 or ``SLIMTRAIN_NATIVE=0``: ``available()`` is False and the step runs the torch.compile kernel.
+``SLIMTRAIN_NATIVE=portable`` runs the plain-C path even where the AVX-512 one exists.
 Loaded with ctypes (no torch headers, no ninja: a two-second build); ctypes releases the GIL, so
 large tensors are split across ``torch.get_num_threads()`` threads.
 """
@@ -30,11 +31,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .._warnings import warn
-from .quant import _TREES, code_table
+from ..._warnings import warn
+from ...paths import cache_dir
+from .codec import TREES, code_table
 
-SOURCE = Path(__file__).with_name("lowbit_cpu.c")
-HEADERS = (Path(__file__).with_name("lowbit_cpu_avx512.h"),)
+SOURCE = Path(__file__).with_name("cpu.c")
+HEADERS = (Path(__file__).with_name("cpu_avx512.h"),)
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 NATIVE_FLAGS = ["-march=native"]  # tried first; some compilers/targets lack it
 _ABI = 2
@@ -57,14 +59,8 @@ class _Args(ctypes.Structure):
                 ("grad_bf16", ctypes.c_int32)]
 
 
-# (m kind, v kind) the kernel encodes, by bits: what lowbit._storage gives Adam's moments.
+# (m kind, v kind) the kernel encodes, by bits: what storage._storage gives Adam's moments.
 KINDS = {8: ("signed", "unsigned"), 4: ("signed", "linear")}
-
-
-def _cache_dir() -> Path:
-    from ..data.cache import cache_dir  # here, not at import: slimtrain.data loads the tokenizers
-
-    return cache_dir("kernels")
 
 
 def _cpu_signature() -> str:
@@ -115,7 +111,7 @@ def _library() -> ctypes.CDLL | None:
     for flags in (NATIVE_FLAGS + FLAGS, FLAGS):
         digest = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
                                             _cpu_signature().encode()])).hexdigest()[:16]
-        path = _cache_dir() / f"lowbit_cpu-{digest}.so"
+        path = cache_dir("kernels") / f"lowbit_cpu-{digest}.so"
         try:
             if not path.exists() and not _build(compiler, flags, path):
                 continue
@@ -147,7 +143,7 @@ def _tree(kind: str, bits: int) -> _Tree:
     tree = _Tree()
     if kind == "linear":
         return tree
-    t = _TREES[kind, bits]
+    t = TREES[kind, bits]
     for e in t["R"]:
         tree.R[e], tree.K[e], tree.low[e] = t["R"][e], t["K"][e], 2.0**e
     for e, threshold in t["between"].items():
@@ -167,9 +163,6 @@ def supports(device: torch.device, compute: torch.dtype, bits_kinds: tuple, para
             and grad_dtype in (torch.float32, torch.bfloat16) and available())
 
 
-generic = False  # tests: force the kernel's plain-C path where the AVX-512 one exists
-
-
 def simd_width() -> int:
     """16 when the built kernel has its AVX-512 path, else 0 (plain C, auto-vectorized)."""
     lib = _library()
@@ -187,9 +180,10 @@ def _run(lib, args: _Args, blocks: int) -> None:
     threads = max(1, min(torch.get_num_threads(), blocks // _MIN_BLOCKS_PER_THREAD))
     edges = [blocks * k // threads for k in range(threads + 1)]
     shares = list(zip(edges[:-1], edges[1:]))
-    futures = [_pool().submit(lib.slimtrain_adam_lowbit, ctypes.byref(args), lo, hi, int(generic))
+    portable = int(os.environ.get("SLIMTRAIN_NATIVE") == "portable")
+    futures = [_pool().submit(lib.slimtrain_adam_lowbit, ctypes.byref(args), lo, hi, portable)
                for lo, hi in shares[1:]]
-    lib.slimtrain_adam_lowbit(ctypes.byref(args), *shares[0], int(generic))
+    lib.slimtrain_adam_lowbit(ctypes.byref(args), *shares[0], portable)
     for f in futures:
         f.result()
 
@@ -199,7 +193,7 @@ def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor |
               key: int, stochastic: bool) -> None:
     """The first ``blocks`` whole blocks of one tensor, in place: moments (codes, absmax) and the
     target (flat parameter) or ``direction`` (flat float32). All tensors contiguous; ``hp``: the
-    eight float32 hyperparameters of ``lowbit_kernel._block_step``."""
+    eight float32 hyperparameters of ``kernel._block_step``."""
     lib = _library()
     m_kind, v_kind = KINDS[bits]
     args = _Args()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .geometry import overlap
+
 REFRESH_POLICIES = ("fixed", "lazy")
 _EMPTY = -1.0
 
@@ -52,9 +54,8 @@ def similarity(new: Tensor, old: Tensor, side: str) -> float:
     ‖B_newᵀ B_old‖_F / √r: for rank 1 it is |cos| of the two vectors (Q-GaLore's test without the
     sign); for rank r it does not depend on how the basis is rotated inside the subspace, whereas
     the leading vector alone can swap with another of the same subspace from one SVD to the next."""
-    overlap = new.t() @ old if side == "left" else new @ old.t()
-    rank = overlap.shape[0]
-    return (torch.linalg.matrix_norm(overlap) / rank**0.5).clamp(max=1.0).item()
+    C = overlap(new, old, side)
+    return (torch.linalg.matrix_norm(C) / C.shape[0]**0.5).clamp(max=1.0).item()
 
 
 def lazy_after_refresh(state: dict, group, step: int, sim: float | None) -> None:

@@ -1,59 +1,20 @@
-"""Layer-wise (fused-backward) updates: a mode of the same optimizer object.
-
-Every parameter is updated from its own ``register_post_accumulate_grad_hook`` as soon as its
-gradient of the step is complete, and that gradient is freed right away, so a single parameter's
-gradient is alive at a time instead of all of them (GaLore's "per-layer weight updates")::
-
-    opt = so.create("galore-adamw", model, rank=128)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)      # attached to opt, as usual
-    fused = so.fuse_backward(model, opt, grad_accum=4, max_grad_norm=1.0)
-    for batch in loader:
-        for micro in batch.chunk(4):
-            (model(**micro).loss / 4).backward()   # the 4th backward updates every parameter
-        opt.step()        # finishes the step (norm, late parameters); updates nothing twice
-        opt.zero_grad()
-        sched.step()      # once per optimizer step
-        log(fused.grad_norm)
-
-The rules (DESIGN §6, README "Layer-wise updates"):
-
-* **Counting.** Each parameter counts the gradients it receives after the last ``optimizer.step()``;
-  its ``grad_accum``-th updates it inside that backward pass. ``step()`` then updates whatever is
-  left (a parameter that missed some micro-batches, or everything when ``step()`` comes early) —
-  the ordinary semantics, without the memory saving for those. One gradient more is an error.
-* **Accumulation.** Unprojected parameters accumulate in ``.grad`` as usual. A projected matrix
-  whose step needs only R = project(G) (``optimizer.takes_low_rank``) keeps the sum of the
-  micro-batches' R (r × max(m, n)) and frees each G: the projection is linear and the basis stays
-  fixed until the step, so Σ project(G_k) = project(Σ G_k) up to float rounding. The full gradient
-  is accumulated instead where the step reads it — APOLLO's scaling, Fira's and FRUGAL's residuals
-  — and on refresh steps, whose new basis comes from the step's gradient (the first step refreshes
-  every matrix). ``refresh_from="first"`` chooses such a basis from the step's first micro-batch
-  instead, so refresh steps stay low-rank too (and differ from ordinary training).
-* **Clipping** (``max_grad_norm``). A step's global norm is known only after its last parameter
-  was updated, so step t is scaled by min(1, max_norm / (‖g_{t−1}‖ + 1e-6)) — torch's
-  ``clip_grad_norm_`` formula with the previous step's unclipped norm. The first step (no previous
-  norm) is not clipped; the norm is part of the optimizer's ``state_dict``, so resume is exact.
-* **Norm.** ``grad_norm`` (also ``optimizer.grad_norm``) is the L2 norm over all parameters of the
-  step's unclipped gradient, NaN/Inf ones left out as the core does. A matrix that accumulated R
-  contributes ‖Σ R_k‖, its gradient's norm inside the subspace: ``grad_norm_exact`` is False then.
-* **DDP**: see ``fused_ddp.py`` — the update runs after the bucket's all-reduce.
-"""
+"""The layer-wise handle: post-accumulate-grad hooks that update each parameter inside backward.
+The rules of the mode (counting, accumulation, clipping, norms, DDP) are in ``layerwise/__init__``."""
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
-from functools import reduce
 
 import torch
 from torch import Tensor
 
-from .._warnings import warn
+from ..._warnings import warn
+from ..config import check_value
+from .norms import clip_coefficient, global_norm, norm
 
 ACCUMULATE = ("subspace", "full")
 REFRESH_FROM = ("accumulated", "first")
-_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 
 
 @dataclass
@@ -64,35 +25,6 @@ class _Pending:
     subspace: bool = False
 
 
-def _norm(g: Tensor) -> Tensor:
-    """L2 norm as a 0-d tensor (no sync); fp16/bf16 summed in fp32, as the core does."""
-    if g.dtype in (torch.float16, torch.bfloat16):
-        return torch.linalg.vector_norm(g, dtype=torch.float32)
-    return torch.linalg.vector_norm(g)
-
-
-def _global_norm(norms: list[Tensor]) -> float:
-    """‖(n₁, n₂, …)‖ over the finite per-parameter norms, summed in the order given as
-    ``clip_grad_norm_(foreach=False)`` does (so that the two agree bit for bit)."""
-    if not norms:
-        return 0.0
-    dtype = reduce(torch.promote_types, (n.dtype for n in norms))
-    stacked = torch.stack([n.to(dtype=dtype, device=norms[0].device) for n in norms])
-    return torch.linalg.vector_norm(stacked[torch.isfinite(stacked)]).item()
-
-
-def _number(name: str, value, *, low: float, integer: bool = False, none_ok: bool = False,
-            open_low: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    kind = int if integer else (int, float)
-    ok = not isinstance(value, bool) and isinstance(value, kind)
-    if not ok or not (value > low if open_low else value >= low):
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} {'>' if open_low else '>='} {low}"
-                         f"{' (or None)' if none_ok else ''}, got {value!r}")
-
-
 class FusedBackward:
     """The handle ``fuse_backward`` returns. Attributes: ``grad_norm`` (last step, unclipped),
     ``grad_norm_exact``, ``clip_coef`` (the factor the last step's gradients were scaled by)."""
@@ -100,17 +32,17 @@ class FusedBackward:
     def __init__(self, model: torch.nn.Module, optimizer, *, grad_accum: int = 1,
                  max_grad_norm: float | None = None, accumulate: str = "subspace",
                  refresh_from: str = "accumulated"):
-        from . import fused_ddp
-        from .core import PipelineOptimizer
+        from ..optimizer import PipelineOptimizer
+        from . import ddp
 
         if not isinstance(optimizer, PipelineOptimizer):
             raise ValueError(f"fuse_backward needs a slimtrain optimizer (slimtrain.optim.create(...)), "
                              f"got {type(optimizer).__name__}")
-        if optimizer._fused_backward is not None:
+        if optimizer.layerwise is not None:
             raise ValueError("this optimizer already runs layer-wise updates; call .remove() on "
                              "its handle before fusing it again")
-        _number("grad_accum", grad_accum, low=1, integer=True)
-        _number("max_grad_norm", max_grad_norm, low=0, none_ok=True, open_low=True)
+        check_value("grad_accum", grad_accum, dict(low=1, integer=True))
+        check_value("max_grad_norm", max_grad_norm, dict(low=0, open_low=True, none_ok=True))
         if accumulate not in ACCUMULATE:
             raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
         if refresh_from not in REFRESH_FROM:
@@ -133,7 +65,7 @@ class FusedBackward:
         self._tracked: set[Tensor] = set()
         self._handles = []
         self._model_order = self._check_model(model)  # before DDP gets a hook it cannot drop
-        self._ddp = fused_ddp.attach(model, self)
+        self._ddp = ddp.attach(model, self)
         for p in self._order():
             self._track(p)
         self._handles += [
@@ -144,7 +76,7 @@ class FusedBackward:
         ]
         self._warn_about_accumulation()
         self._reset()
-        optimizer._fused_backward = self
+        optimizer.layerwise = self
 
     # ------------------------------------------------------------------ set-up
     def _order(self) -> list[Tensor]:
@@ -166,6 +98,11 @@ class FusedBackward:
         from torch.nn.parallel import DistributedDataParallel
 
         ours = set(self._order())
+        needs = self.optimizer.step_inputs
+        if needs:
+            raise ValueError(f"layer-wise updates cannot hand step() inputs ({', '.join(sorted(needs))}) "
+                             "to the rules that read them: they update inside backward; train "
+                             "without fuse_backward")
         if any(isinstance(p, DTensor) for p in ours):
             raise ValueError("layer-wise updates of sharded (DTensor / FSDP2) parameters are not "
                              "supported yet; use DDP or a single process")
@@ -228,7 +165,7 @@ class FusedBackward:
             return True
         # A refresh step: from the first micro-batch (refresh_from="first", finite gradient only, so
         # NaN never reaches the basis), else from the accumulated gradient.
-        return self.refresh_from == "first" and bool(torch.isfinite(_norm(p.grad)))
+        return self.refresh_from == "first" and bool(torch.isfinite(norm(p.grad)))
 
     def _add_low_rank(self, group: dict, p: Tensor, pending: _Pending, first: bool) -> None:
         opt = self.optimizer
@@ -257,17 +194,17 @@ class FusedBackward:
         if target is None:  # its .grad was dropped by hand: nothing to apply
             return
         group = self._group(p)
-        self._norms[p] = _norm(target)
+        self._norms[p] = norm(target)
         self._exact = self._exact and not pending.subspace
         coef = self._coefficient()
         if coef is not None:
             target.mul_(coef.to(target.device))
         if pending.subspace:
-            self.optimizer._step_params(group, [p], {p: target})
+            self.optimizer.step_params(group, [p], {p: target})
         else:
             kept, p.grad = p.grad, grad
             try:
-                self.optimizer._step_params(group, [p])
+                self.optimizer.step_params(group, [p])
             finally:
                 p.grad = kept
         if self._ddp is None:
@@ -279,14 +216,16 @@ class FusedBackward:
         if self.max_grad_norm is None or previous is None:
             return None
         if self._coef is None:
-            norm = torch.tensor(previous, dtype=torch.float32)
-            self._coef = torch.clamp(self.max_grad_norm / (norm + _CLIP_EPS), max=1.0)
+            self._coef = clip_coefficient(self.max_grad_norm, previous)
         return self._coef
 
     # ------------------------------------------------------------------ optimizer.step()
-    def finish_step(self, closure=None):
+    def finish_step(self, closure=None, **inputs):
         """``optimizer.step()``: update the parameters whose gradient is still pending, then
         record the step's gradient norm."""
+        if inputs:
+            raise ValueError(f"step() inputs ({', '.join(inputs)}) cannot reach layer-wise updates, "
+                             "which run inside backward")
         if closure is not None:
             raise ValueError("optimizer.step(closure) would run backward itself, but with layer-wise "
                              "updates parameters change during backward: call loss.backward(), then "
@@ -319,7 +258,7 @@ class FusedBackward:
         by_model = [p for p in self._model_order if p in ours]
         known = set(by_model)
         order = by_model + [p for p in order if p not in known]
-        self.grad_norm = _global_norm([self._norms[p] for p in order if p in self._norms])
+        self.grad_norm = global_norm([self._norms[p] for p in order if p in self._norms])
         self.optimizer.grad_norm = self.grad_norm
         self.grad_norm_exact = self._exact
         self.clip_coef = 1.0 if self._coef is None else self._coef.item()
@@ -369,33 +308,7 @@ class FusedBackward:
         self._tracked.clear()
         if self._ddp is not None:
             self._ddp.detach()
-        self.optimizer._fused_backward = None
-
-
-def planned_gradient_bytes(optimizer, *, grad_accum: int = 1, accumulate: str = "subspace",
-                           refresh_from: str = "accumulated") -> int:
-    """Peak bytes of parameter gradients alive at once in layer-wise training with ``optimizer``,
-    from shapes alone (meta tensors work): the gradient being produced (at most the largest) plus,
-    with ``grad_accum > 1``, every accumulation buffer — R for a matrix that ``takes_low_rank``,
-    its full gradient otherwise. With ``refresh_from="accumulated"`` the first step refreshes
-    every matrix from its accumulated gradient, so that step holds them all in full."""
-    from .subspace import projected_shape
-
-    full, low = [], []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if not p.requires_grad:
-                continue
-            full.append(p.numel() * p.element_size())
-            plan = optimizer._plans[p]
-            low.append(math.prod(projected_shape(p.shape, plan.rank, plan.side)) * p.element_size()
-                       if optimizer.takes_low_rank(group, p) else full[-1])
-    if not full:
-        return 0
-    if grad_accum == 1:
-        return max(full)
-    in_full = accumulate == "full" or refresh_from == "accumulated"
-    return max(full) + sum(full if in_full else low)
+        self.optimizer.layerwise = None
 
 
 def fuse_backward(model: torch.nn.Module, optimizer, *, grad_accum: int = 1,

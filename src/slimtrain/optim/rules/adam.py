@@ -1,7 +1,7 @@
-"""The one copy of Adam in slimtrain.
+"""Adam: the rule (``AdamRule``, its hyperparameters) and its kernels.
 
-Every recipe that keeps Adam moments (plain AdamW, GaLore, and later the rest of the family) runs
-this kernel. It has two outputs:
+Every recipe that keeps Adam moments (AdamW, GaLore, APOLLO, Fira, FRUGAL, Q-GaLore, Natural
+GaLore's inner step, the 8/4-bit AdamWs) runs these kernels. They have two outputs:
 
 * ``params`` given: the update is applied to those tensors exactly as ``torch.optim.AdamW`` does
   (decoupled weight decay first, then ``p -= lr * m_hat / (sqrt(v_hat) + eps)``) — the same
@@ -15,8 +15,11 @@ Three implementations: a for-loop (the reference), foreach (multi-tensor), and f
 ``_fused_adamw_`` kernel, one pass per tensor; ~5× faster than foreach on CPU). For-loop and
 foreach agree in float64 bit for bit; fused agrees to rounding. Fused needs ``eps_mode="torch"``.
 A fourth, ``adam_elementwise``, is the same step as a pure function of tensors with tensor
-hyperparameters: the low-bit state kernel (``lowbit.py``) runs it between dequantize and
-requantize, eagerly or under torch.compile (Python-float hyperparameters would recompile there).
+hyperparameters: the low-bit state kernel (``lowbit/kernel.py``) runs it between dequantize and
+requantize, eagerly or under torch.compile (Python-float hyperparameters would recompile there);
+it is the reference the C kernel (``lowbit/cpu.c``) mirrors operation for operation. So there are
+five hand-written moment updates — for-loop, foreach, elementwise, C, AVX-512 — pinned together by
+bit-exactness tests (tests/optim/test_contract.py in float64, test_lowbit*.py), as torch keeps three.
 
 ``eps_mode`` says where eps enters: ``"torch"`` adds it to sqrt(v_hat) (torch.optim.AdamW and the
 Adam paper); ``"hf"`` adds it to sqrt(v) before bias correction (transformers' legacy AdamW, which
@@ -25,10 +28,17 @@ galore-torch copies). "hf" is "torch" with eps / sqrt(bc2), which is how it is i
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from ..config import Hyper, option
+from .base import Rule, decay_
+
 EPS_MODES = ("torch", "hf")
+ADAMW_LR = 1e-3  # torch's AdamW default: the AdamW recipe's and the matrix-only rules' fallback
 IMPLS = ("forloop", "foreach", "fused")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -40,11 +50,14 @@ def fused_supported(tensors: list[Tensor], eps_mode: str) -> bool:
                     and not t.is_sparse for t in tensors))
 
 
+def bias_corrections(t: float, beta1: float, beta2: float) -> tuple[float, float]:
+    """(1 − β₁ᵗ, 1 − β₂ᵗ) at step ``t``: the one place Adam's bias corrections are computed."""
+    return 1 - beta1**t, 1 - beta2**t
+
+
 def _bias_corrections(steps: list[Tensor], beta1: float, beta2: float):
-    values = [float(s.item()) for s in steps]
-    bc1 = [1 - beta1**t for t in values]
-    bc2 = [1 - beta2**t for t in values]
-    return bc1, bc2
+    pairs = [bias_corrections(float(s.item()), beta1, beta2) for s in steps]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _effective_eps(eps: float, bc2_sqrt: list[float], eps_mode: str) -> list[float]:
@@ -90,8 +103,8 @@ def _single_tensor(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, ep
     for i, grad in enumerate(grads):
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], steps[i]
         step_t += 1
-        if params is not None and weight_decay != 0:
-            params[i].mul_(1 - lr * weight_decay)
+        if params is not None:
+            decay_([params[i]], lr, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         (bc1,), (bc2,) = _bias_corrections([step_t], beta1, beta2)
@@ -110,8 +123,8 @@ def _multi_tensor(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps
                   lr, weight_decay):
     # Steps live on the CPU (as in torch); foreach on CPU scalars is a plain loop either way.
     torch._foreach_add_(steps, 1)
-    if params is not None and weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if params is not None:
+        decay_(params, lr, weight_decay, foreach=True)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -185,3 +198,40 @@ def elementwise_hyperparameters(step: Tensor, *, beta1: float, beta2: float, eps
     bc2_sqrt = bc2**0.5
     (eps_t,) = _effective_eps(eps, [bc2_sqrt], eps_mode)
     return [beta1, 1 - beta1, beta2, 1 - beta2, bc2_sqrt, eps_t], 1.0 / bc1
+
+
+@dataclass
+class AdamHyper(Hyper):
+    betas: tuple = option((0.9, 0.999), "decay rates of the first and second moments",
+                          kind="betas")
+    eps: float = option(1e-8, "added to the denominator", low=0)
+    eps_mode: str = option("torch", "where eps enters: 'torch' adds it to √v̂ (torch's AdamW), "
+                           "'hf' to √v before bias correction (transformers' legacy AdamW, "
+                           "galore-torch)", choices=EPS_MODES)
+
+
+class AdamRule(Rule):
+    """Adam; on the unprojected path bit-identical to ``torch.optim.AdamW``."""
+
+    name = "adam"
+    Hyper = AdamHyper
+    implementations = IMPLS
+    reprojectable = {"exp_avg": "first", "exp_avg_sq": "second"}
+    nonnegative = ("exp_avg_sq",)
+
+    def moment_shapes(self, shape, group):
+        return {"exp_avg": tuple(shape), "exp_avg_sq": tuple(shape)}
+
+    def step_size(self, count, group):
+        bc1, bc2 = bias_corrections(count, *group["betas"])
+        return math.sqrt(bc2) / bc1
+
+    def update(self, grads, moments, counts, group, impl, params=None, inputs=None):
+        beta1, beta2 = group["betas"]
+        return adam_(
+            grads, [m["exp_avg"] for m in moments], [m["exp_avg_sq"] for m in moments], counts,
+            beta1=beta1, beta2=beta2, eps=group["eps"], eps_mode=group["eps_mode"], params=params,
+            lr=group["lr"], weight_decay=group["weight_decay"], impl=impl)
+
+
+ADAM = AdamRule()

@@ -1,7 +1,7 @@
-"""The one-pass low-bit Adam step (``lowbit.py`` stores the moments; this moves them).
+"""The one-pass low-bit Adam step (``storage.py`` stores the moments; this moves them).
 
 ``_block_step`` on (rows × block) views of a tensor: dequantize its moments into temporaries in the
-compute dtype (float32; float64 for float64 parameters) → ``adam.adam_elementwise`` → requantize,
+compute dtype (float32; float64 for float64 parameters) → ``rules.adam.adam_elementwise`` → requantize,
 and write the parameter (or return the direction, on the projected path). ``update_tensor_`` runs it
 on row chunks (2²⁰ elements) — compiled by torch.compile, once per storage configuration with the
 number of rows dynamic, writing in place — unless the group says ``fused=False``; then the same
@@ -18,32 +18,23 @@ global RNG.
 from __future__ import annotations
 
 import functools
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .._warnings import warn
-from . import lowbit_native
-from .adam import adam_elementwise, elementwise_hyperparameters
-from .quant import block_size, dequantize_blocks, quantize_blocks
+from ..._warnings import warn
+from ..rules.adam import adam_elementwise, elementwise_hyperparameters
+from ..rules.base import decay_factor
+from ..util import name_seed, pad_flat
+from . import native
+from .codec import block_size, dequantize_blocks, quantize_blocks
 
 if TYPE_CHECKING:
-    from .lowbit import Storage
+    from .storage import Storage
 
 _CHUNK_ELEMENTS = 1 << 20  # elements per compiled call: temporaries stay in cache, few calls per tensor
-
-
-def _parts(state: dict, name: str, storage: Storage) -> tuple[Tensor, ...]:
-    return tuple(state[k] for k in storage.keys(name))
-
-
-def _pad(flat: Tensor, length: int) -> Tensor:
-    if flat.numel() == length:
-        return flat
-    return torch.cat((flat, flat.new_zeros(length - flat.numel())))
 
 
 @dataclass(frozen=True)
@@ -88,7 +79,8 @@ def stochastic_round_bf16(x: Tensor, seed: Tensor) -> Tensor:
 
 
 def seed_key(name: str, step: Tensor) -> int:
-    return (zlib.crc32(name.encode()) * 1_000_003 + int(step.item())) & 0xFFFFFFFF
+    """The 32-bit key of stochastic rounding's random bits for ``name`` at ``step``."""
+    return name_seed(name, int(step.item())) & 0xFFFFFFFF
 
 
 def _block_step(target, grad, m_parts, v_parts, hp, seed, cfg: _Config):
@@ -151,7 +143,7 @@ def _rows(flat: Tensor, per_row: int, rows: int) -> tuple[Tensor, Tensor]:
 
 def _storage_rows(state: dict, name: str, storage: Storage, rows: int, B: int):
     if storage.quantized:
-        codes, absmax = _parts(state, name, storage)
+        codes, absmax = storage.parts(state, name)
         main, tail = _rows(codes.view(-1), B * storage.bits // 8, rows)
         return (main, absmax[:rows]), (tail, absmax[rows:])
     main, tail = _rows(state[name].view(-1), B, rows)
@@ -160,8 +152,8 @@ def _storage_rows(state: dict, name: str, storage: Storage, rows: int, B: int):
 
 def _padded_row(parts: tuple[Tensor, ...], storage: Storage, B: int) -> tuple[Tensor, ...]:
     if storage.quantized:
-        return (_pad(parts[0], B * storage.bits // 8).view(1, -1), parts[1])
-    return (_pad(parts[0], B).view(1, B),)
+        return (pad_flat(parts[0], B * storage.bits // 8).view(1, -1), parts[1])
+    return (pad_flat(parts[0], B).view(1, B),)
 
 
 def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None, x: Tensor,
@@ -178,7 +170,7 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
                                               eps_mode=group["eps_mode"])
     param_dtype = None if target is None else target.dtype
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    hp += [1.0, 0.0] if target is None else [1 - group["lr"] * group["weight_decay"],
+    hp += [1.0, 0.0] if target is None else [decay_factor(group["lr"], group["weight_decay"]),
                                              -group["lr"] * inv_bc1]
     hp_t = torch.tensor(hp, dtype=compute, device=x.device)
     stochastic = bool(group["stochastic_rounding"]) and param_dtype == torch.bfloat16
@@ -197,12 +189,12 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
     v_main, v_tail = _storage_rows(state, "exp_avg_sq", cfg.v, rows, B)
 
     chunk = max(_CHUNK_ELEMENTS // B, 2)
-    if compiled and rows and lowbit_native.supports(
+    if compiled and rows and native.supports(
             x.device, compute, ((cfg.m.bits, cfg.m.kind), (cfg.v.bits, cfg.v.kind)), param_dtype,
             x.dtype):
-        lowbit_native.adam_step(cfg.m.bits, rows, None if target is None else out_flat,
+        native.adam_step(cfg.m.bits, rows, None if target is None else out_flat,
                                 out_flat if target is None else None, grad_main,
-                                _parts(state, "exp_avg", cfg.m), _parts(state, "exp_avg_sq", cfg.v),
+                                cfg.m.parts(state, "exp_avg"), cfg.v.parts(state, "exp_avg_sq"),
                                 hp_t, key, stochastic)
         rows_done = rows
     else:
@@ -226,8 +218,8 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
         # while the block's largest real V decays no faster. Only real elements are copied back.
         seed = torch.tensor([key, rows * B], dtype=torch.int64, device=x.device)
         m_in, v_in = _padded_row(m_tail, cfg.m, B), _padded_row(v_tail, cfg.v, B)
-        result = _block_step(None if target is None else _pad(out_tail, B).view(1, B),
-                             _pad(grad_tail, B).view(1, B), m_in, v_in, hp_t, seed, cfg=cfg)
+        result = _block_step(None if target is None else pad_flat(out_tail, B).view(1, B),
+                             pad_flat(grad_tail, B).view(1, B), m_in, v_in, hp_t, seed, cfg=cfg)
         for dst, src in zip((out_tail, *m_tail, *v_tail), result):
             dst.copy_(src.reshape(-1)[:dst.numel()])
     if target is None:
