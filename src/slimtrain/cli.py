@@ -53,15 +53,37 @@ app.command("bench")(bench_command)
 
 
 @app.command()
-def optimizers() -> None:
-    """List the registered optimizer recipes with their optimizer-state formula."""
+def optimizers(name: Optional[str] = typer.Argument(
+        None, help="A recipe: list its options (defaults and help), as --optim-arg takes them.")) -> None:
+    """List the registered optimizer recipes with their optimizer-state formula, or one recipe's
+    options."""
     from . import optim
 
-    table = Table("name", "what it is", "optimizer state")
-    for name in optim.available():
-        r = optim.recipe(name)
-        table.add_row(name, r.summary, r.state_formula)
-    console.print(table)
+    def go():
+        if name is None:
+            table = Table("name", "what it is", "optimizer state")
+            for recipe_name in optim.available():
+                r = optim.recipe(recipe_name)
+                table.add_row(recipe_name, r.summary, r.state_formula)
+            console.print(table)
+            return
+        try:
+            r = optim.recipe(name)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        console.print(f"[bold]{r.name}[/]: {r.summary}\noptimizer state: {r.state_formula}")
+        options = r.options()
+        if options is None:
+            console.print("(a factory without a declared Config: its options are not listed)")
+            return
+        table = Table("option", "default", "what it is")
+        for o in options:
+            table.add_row(o.name, repr(o.default), o.help)
+        console.print(table)
+        console.print("pass any of them with --optim-arg KEY=VALUE (lr, rank and weight_decay "
+                      "also have their own flags)")
+
+    _guarded(go)
 
 
 def _parse_optim_args(items: list[str] | None) -> dict | None:

@@ -2,11 +2,11 @@
 
 import torch
 
-import slimtrain.optim.optimizer as core
+import slimtrain.optim.subspace.projected as core
 from slimtrain.optim import GaLoreAdamW
-from slimtrain.optim.optimizer import chunk_by_bytes
+from slimtrain.optim.subspace.projected import chunk_by_bytes
 
-_ORIGINAL_CHUNK_STEP = core.PipelineOptimizer._step_projected_chunk
+_ORIGINAL_CHUNK_STEP = core.ProjectedStep._step_projected_chunk
 
 
 def test_chunk_by_bytes():
@@ -22,7 +22,7 @@ def _train(monkeypatch, limit):
         calls.append(len(params))
         return _ORIGINAL_CHUNK_STEP(self, group, params, *args)
 
-    monkeypatch.setattr(core.PipelineOptimizer, "_step_projected_chunk", spy)
+    monkeypatch.setattr(core.ProjectedStep, "_step_projected_chunk", spy)
     g = torch.Generator().manual_seed(0)
     params = [(f"l{i}.mlp.weight", torch.nn.Parameter(torch.randn(16, 40, generator=g))) for i in range(5)]
     opt = GaLoreAdamW(params, rank=4, refresh_every=3, targets="mlp")

@@ -186,16 +186,29 @@ def test_unknown_recipe():
 
 
 def test_implementations_agree_in_float64(case):
-    """for-loop == foreach bit for bit; fused (torch's kernel) == for-loop to rounding."""
-    results = {}
+    """Every parameter's distinct code paths agree: for-loop == foreach bit for bit, fused (torch's
+    kernel) == for-loop to rounding, the low-bit kernel == its eager reference to rounding. Only
+    legs that run different code for a parameter are compared (``implementations``): a rule with
+    one implementation (Adafactor) has nothing to compare here, and a case where no parameter has
+    two is skipped, not passed."""
+    results, impls = {}, {}
     for label, kw in (("forloop", dict(fused=False, foreach=False)), ("foreach", dict(fused=False)),
                       ("fused", dict(fused=True))):
         named = named_params(torch.float64)
-        run(case, named, 7, **kw)
+        opt = run(case, named, 7, **kw)
+        impls = {name: opt.implementations(p) for name, p in named}
         results[label] = named
+    compared = 0
     for (name, p), (_, q), (_, f) in zip(results["forloop"], results["foreach"], results["fused"]):
-        assert torch.equal(p, q), f"{name}: foreach != for-loop"
-        torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-13, msg=f"{name}: fused != for-loop")
+        has = impls[name]
+        if "foreach" in has:
+            assert torch.equal(p, q), f"{name}: foreach != for-loop"
+            compared += 1
+        if "fused" in has or "kernel" in has:
+            torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-13, msg=f"{name}: fused != for-loop")
+            compared += 1
+    if not compared:
+        pytest.skip("every parameter of this case has one implementation (Adafactor)")
 
 
 def test_planned_state_bytes_equal_measured(case):

@@ -13,6 +13,7 @@ MIB = 2**20
 
 
 def _mib(n: float) -> str:
+    """A table cell in MiB, its precision following its size (no unit: the header says it)."""
     if not math.isfinite(n):
         return "–"
     mib = n / MIB

@@ -1,4 +1,5 @@
-"""Where slimtrain caches what it builds (corpus, tokenizers, token files), and atomic publishing."""
+"""Atomic publishing of what slimtrain caches (corpus, tokenizers, token files; the cache root is
+``paths.cache_dir``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-from ..paths import cache_dir  # noqa: F401  (re-exported: the data modules take it from here)
 
 
 def fsync_tree(path: Path) -> None:

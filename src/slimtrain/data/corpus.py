@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .cache import cache_dir, new_temp_dir, publish
+from ..paths import cache_dir
+from .cache import new_temp_dir, publish
 
 # Test suites are mostly synthetic strings and generated data; installed packages differ by machine.
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}

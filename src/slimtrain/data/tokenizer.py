@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UserError
-from .cache import cache_dir, new_temp_dir, publish
+from ..paths import cache_dir
+from .cache import new_temp_dir, publish
 
 EOS = "<|endoftext|>"
 

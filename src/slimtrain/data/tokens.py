@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .cache import cache_dir, new_temp_dir, publish
+from ..paths import cache_dir
+from .cache import new_temp_dir, publish
 from .sources import Record
 
 FORMAT = 1

@@ -26,7 +26,6 @@ package's tests and the project README reconcile them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +118,7 @@ def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple
     gradient and its direction, both r×max(m, n), live until applied; the core steps a group's
     matrices in chunks of ``PROJECTED_CHUNK_BYTES`` of them, layer-wise updates (``one_at_a_time``)
     one matrix at a time."""
-    from ..optim.optimizer import PROJECTED_CHUNK_BYTES, chunk_by_bytes, low_rank_bytes
+    from ..optim.subspace.projected import PROJECTED_CHUNK_BYTES, chunk_by_bytes, low_rank_bytes
 
     step, refresh = 0, 0
     if not hasattr(optimizer, "plan_of"):  # not a pipeline optimizer: nothing projected

@@ -28,4 +28,4 @@ def gib(n_bytes: int | float) -> str:
 
 
 def mib(n_bytes: int | float) -> str:
-    return f"{n_bytes / 2**20:.1f} MiB"
+    return f"{n_bytes / 2**20:,.1f} MiB"

@@ -4,8 +4,8 @@ A group carries the pipeline's keys (``PipelineOptions``: lr, weight decay, the 
 subspace, the state precision, …) and the keys of its own rule (its ``Hyper`` dataclass: Adam's
 betas / eps / eps_mode, Lion's betas, Adafactor's beta1 / decay_rate / clip_threshold / eps, …) —
 nothing of the other rules. Defaults come from, in order: the dataclasses, the optimizer's
-defaults (a recipe's settings; rule keys only when the group's rule is the recipe's rule or one
-related to it by ``Hyper`` inheritance), the group itself.
+defaults (a recipe's settings; when they name a rule, their rule keys reach only the groups of
+that rule or of one related to it by ``Hyper`` inheritance), the group itself.
 """
 
 from __future__ import annotations
@@ -110,11 +110,16 @@ def rule_keys(rule: str) -> tuple[str, ...]:
     return names_of(get_rule(rule).Hyper)
 
 
-def fill_group(group: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``group`` with every key of the pipeline and of its rule, defaulted (module docstring)."""
-    rule = get_rule(group.get("rule", defaults.get("rule", "adam")))
-    recipe = get_rule(defaults.get("rule", "adam"))
-    related = issubclass(rule.Hyper, recipe.Hyper) or issubclass(recipe.Hyper, rule.Hyper)
+def fill_group(group: dict[str, Any], defaults: dict[str, Any], recipe_rule: str | None = None
+               ) -> dict[str, Any]:
+    """``group`` with every key of the pipeline and of its rule, defaulted (module docstring).
+    ``recipe_rule``: the rule the ``defaults`` were written for (None: any rule that has the key
+    takes the default)."""
+    rule = get_rule(group.get("rule", recipe_rule or "adam"))
+    related = True
+    if recipe_rule is not None:
+        recipe = get_rule(recipe_rule)
+        related = issubclass(rule.Hyper, recipe.Hyper) or issubclass(recipe.Hyper, rule.Hyper)
     own = set(names_of(rule.Hyper))
     values = {**GROUP_DEFAULTS, **defaults_of(rule.Hyper)}
     values.update({k: v for k, v in defaults.items()

@@ -34,9 +34,8 @@ from .lowbit import storage as lowbit
 from .rules import get_rule
 from .rules.adam import fused_supported
 from .state_io import STATE_FORMAT, StateIO
-from .subspace.backmap import apply_update_, reads_full_gradient
-from .subspace.geometry import project, projected_shape
-from .subspace.lifecycle import current_basis, maybe_refresh, refresh_due
+from .subspace.geometry import projected_shape
+from .subspace.projected import ProjectedStep
 from .targets import translate_galore_keys
 
 __all__ = ["GROUP_DEFAULTS", "STATE_FORMAT", "ParamPlan", "PipelineOptimizer"]
@@ -72,35 +71,11 @@ def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
     return "foreach" if group["foreach"] or fused else "forloop"
 
 
-# A projected step holds every matrix's low-rank gradient and direction until they are applied.
-# Stepping a group in chunks of about this many low-rank bytes bounds that transient (a 7B model
-# would otherwise hold ~7 GB at once) while each foreach call still covers many tensors.
-PROJECTED_CHUNK_BYTES = 64 * 2**20
-
-
-def low_rank_bytes(p: Tensor, plan: ParamPlan) -> int:
-    """Bytes of the low-rank gradient (r × max(m, n)) of a projected parameter, in its dtype."""
-    return math.prod(projected_shape(p.shape, plan.rank, plan.side)) * p.element_size()
-
-
-def chunk_by_bytes(sizes: list[int], limit: int) -> list[list[int]]:
-    """Consecutive index chunks whose sizes sum to at most ``limit`` (a larger item stands alone)."""
-    chunks: list[list[int]] = []
-    total = limit + 1
-    for i, size in enumerate(sizes):
-        if total + size > limit:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(i)
-        total += size
-    return chunks
-
-
 def _named(params) -> list:
     return [params] if isinstance(params, Tensor) else list(params)
 
 
-class PipelineOptimizer(StateIO, torch.optim.Optimizer):
+class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
     """Runs the projection pipeline; recipes choose its parts and defaults."""
 
     def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]):
@@ -109,6 +84,7 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         self._warned_no_grad = False
         self.grad_norm: float | None = None  # global L2 norm of the last step's gradients
         self.layerwise = None  # the layer-wise handle while fuse_backward() is active
+        self._defaults_rule = defaults.get("rule")  # the rule the defaults' rule keys are for
         super().__init__(param_groups, {**GROUP_DEFAULTS, **defaults})
 
     # ------------------------------------------------------------------ groups
@@ -117,7 +93,8 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         only (``groups.split_matrix_only``), validated and planned."""
         if isinstance(param_group.get("params"), set):
             return super().add_param_group(param_group)  # torch refuses unordered parameters
-        group = fill_group(translate_galore_keys(param_group), self.defaults)
+        group = fill_group(translate_galore_keys(param_group), self.defaults,
+                           self.__dict__.get("_defaults_rule"))
         items = _named(group["params"])
         names = [x[0] if isinstance(x, tuple) else f"param{self._unnamed + i}"
                  for i, x in enumerate(items)]
@@ -127,10 +104,11 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
             self._add_group({**piece, "params": [by_id[id(t)] for t in piece["params"]]})
 
     def _add_group(self, piece: dict[str, Any]) -> None:
+        given = set(piece)
         super().add_param_group(piece)
         group = self.param_groups[-1]
         own = set(GROUP_DEFAULTS) | set(rule_keys(group["rule"]))
-        for key in [k for k in group if k not in piece and k not in own]:
+        for key in [k for k in group if k in self.defaults and k not in given | own]:
             del group[key]  # torch's defaulting added another rule's key
         check_group(group)
         self._plan(group)
@@ -146,7 +124,11 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layerwise", None)
-        for group in self.param_groups:  # checkpoints from older versions lack newer keys
+        self.fill_missing_keys()
+
+    def fill_missing_keys(self) -> None:
+        """Groups restored from older versions lack newer keys: give them their defaults."""
+        for group in self.param_groups:
             for key, value in fill_group({"rule": group.get("rule", "adam")}, {}).items():
                 group.setdefault(key, value)
 
@@ -310,42 +292,6 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         self._run_rule(group, rule, [p.grad for p in params], states, "step", params, inputs,
                        apply=True)
 
-    def _step_projected(self, group: dict[str, Any], params: list[Tensor],
-                        given: dict[Tensor, Tensor], inputs: dict[str, Any]) -> None:
-        sizes = [low_rank_bytes(p, self._plans[p]) for p in params]
-        for chunk in chunk_by_bytes(sizes, PROJECTED_CHUNK_BYTES):
-            self._step_projected_chunk(group, [params[i] for i in chunk], given, inputs)
-
-    def _step_projected_chunk(self, group: dict[str, Any], params: list[Tensor],
-                              given: dict[Tensor, Tensor], inputs: dict[str, Any]) -> None:
-        rule = group["rule"]
-        low_rank, bases, states, firsts = [], [], [], []
-        for p in params:
-            plan, state = self._plans[p], self.state[p]
-            firsts.append(not state)
-            if p in given:  # accumulated on the current basis, which this step keeps
-                assert state and not reads_full_gradient(group), plan.name
-                R, basis = given[p], current_basis(group, p, plan, state)
-            else:
-                R, basis = self._refresh_and_project(group, p, plan, state)
-            low_rank.append(R)
-            bases.append(basis)
-            states.append(state)
-        directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step", params,
-                                             inputs, apply=False)
-        kernel = get_rule(rule)
-        for p, state, R, D, f, basis, first in zip(params, states, low_rank, directions, factors,
-                                                    bases, firsts):
-            state["step"] += 1
-            # low-bit moments give a float32 direction: update a float32 copy of a bf16 weight,
-            # then round it back (stochastically with ``stochastic_rounding``)
-            target = p if D.dtype == p.dtype else p.to(D.dtype)
-            apply_update_(target, p.grad, R, D, basis, self._plans[p].side, group=group, state=state,
-                          factor=f, step_size=kernel.step_size(state["moment_step"].item(), group),
-                          first=first)
-            if target is not p:
-                lowbit.write_rounded_(group, p, target, self._plans[p].name, state["step"])
-
     def moment(self, p: Tensor, key: str) -> Tensor:
         """Moment ``key`` of ``p`` (e.g. "exp_avg") as a float32 tensor in its logical shape —
         dequantized when it is stored in low bits."""
@@ -353,35 +299,3 @@ class PipelineOptimizer(StateIO, torch.optim.Optimizer):
         shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
         storage, moment_shape = lowbit.layout(group, plan.rule, p, shape)[key]
         return lowbit.load_moment(self.state[p], key, storage, moment_shape)
-
-    # ------------------------------------------------------------------ layer-wise seam
-    # layerwise/ steps one parameter at a time from its gradient hook; across micro-batches it
-    # keeps only R = project(G) for a matrix whose next step needs nothing else.
-    def takes_low_rank(self, group: dict[str, Any], p: Tensor) -> bool:
-        """Whether ``p``'s steps can take its gradient as R = project(G) alone: a projected
-        matrix whose back-map and residual do not read G (not APOLLO's scaling, not Fira's or
-        FRUGAL's residuals). Its refresh steps still need G (``refresh_due``)."""
-        return self._plans[p].projected and not reads_full_gradient(group)
-
-    def refresh_due(self, group: dict[str, Any], p: Tensor) -> bool:
-        """Whether ``p``'s next step selects a new basis from its gradient (always its first)."""
-        return refresh_due(group, self._plans[p], self.state[p])
-
-    def project_gradient(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> Tensor:
-        """``grad`` projected on ``p``'s current basis (the R its next step would compute)."""
-        plan = self._plans[p]
-        return project(grad, current_basis(group, p, plan, self.state[p]), plan.side)
-
-    def refresh_now(self, group: dict[str, Any], p: Tensor) -> Tensor:
-        """Run ``p``'s due refresh from ``p.grad`` ahead of its step and return ``p.grad``
-        projected on the new basis (layer-wise ``refresh_from="first"``)."""
-        return self._refresh_and_project(group, p, self._plans[p], self.state[p])[0]
-
-    def _refresh_and_project(self, group, p: Tensor, plan: ParamPlan, state: dict
-                             ) -> tuple[Tensor, Tensor]:
-        """(R, basis): refresh when due, then ``p.grad`` projected on the current basis."""
-        fresh = maybe_refresh(group, p, plan, state)  # projection for free, if it ran
-        basis = current_basis(group, p, plan, state)
-        if fresh is not None:
-            return fresh.to(p.grad.dtype).contiguous(), basis
-        return project(p.grad, basis, plan.side), basis

@@ -92,6 +92,7 @@ class StateIO:
         # bf16 moments would come back float32): let it restore the groups only, then copy the
         # state ourselves, keeping dtypes and never sharing tensors with the source dict.
         super().load_state_dict({**state_dict, "state": {}})
+        self.fill_missing_keys()
         groups = self._group_of()
         for param_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
             if param_id not in saved_state:

@@ -112,14 +112,6 @@ def _flag(name: str) -> str:
     return name.replace("_", "-").removesuffix("s") if name == "optim_args" else name.replace("_", "-")
 
 
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
-
-
-def field_types() -> dict[str, Any]:
-    return {f.name: f.type for f in fields(TrainConfig)}
-
-
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Check a value from a config file against the field's type (YAML/TOML already typed it)."""
     kind = {f.name: f for f in fields(TrainConfig)}[name].type

@@ -7,6 +7,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -130,7 +131,9 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     if count == 0:
         warn(f"step {run.step + 1}: no token of its batch is predicted (every label is a masked "
              "prompt), so the step changed no weight")
-        run.scheduler.step()
+        with warnings.catch_warnings():  # torch's "scheduler before optimizer" note: on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            run.scheduler.step()
         _advance(run)
         return None, None
     total = torch.zeros((), device=run.device)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
+from ..memory.units import mib
 from . import checkpoint
 from .config import load_run_config, merge_resume, read_config_file, resolve, save_config
 from .loop import train
@@ -78,10 +79,6 @@ def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str |
     return summary
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
-
-
 def summary_table(s: dict[str, Any]) -> Table:
     minutes, seconds = divmod(round(s["seconds"]), 60)
     ratio = s["optimizer_state_bytes"] / s["adamw_state_bytes"]
@@ -92,11 +89,11 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("train loss (last step)", f"{s['train_loss']:.3f}"),
         ("validation loss", f"{s['val_loss']:.3f}"),
         ("validation perplexity", f"{s['val_ppl']:.1f}" if math.isfinite(s["val_ppl"]) else "–"),
-        ("weights", _mib(s["weight_bytes"])),
-        ("optimizer state", f"{_mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
-                            f"{_mib(s['adamw_state_bytes'])})"),
+        ("weights", mib(s["weight_bytes"])),
+        ("optimizer state", f"{mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
+                            f"{mib(s['adamw_state_bytes'])})"),
         ("peak memory (GPU)" if s["device"].startswith("cuda") else "peak memory (process RSS)",
-         _mib(s["peak_memory_bytes"])),
+         mib(s["peak_memory_bytes"])),
         ("run directory", s["run_dir"]),
     ]
     table = Table(title=f"{s['kind']} · {s['optimizer']}", show_header=False)
