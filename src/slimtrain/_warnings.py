@@ -6,9 +6,17 @@ import os
 import sys
 import warnings
 
-import torch
+def _package_dir(name: str) -> str | None:
+    import importlib.util
 
-_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+    spec = importlib.util.find_spec(name)
+    return None if spec is None or not spec.origin else os.path.dirname(os.path.abspath(spec.origin))
+
+
+# slimtrain and the libraries that call it (torch's autograd hooks, the CLI's typer/click, the
+# Hugging Face Trainer): a warning points at the first frame outside them — the user's call.
+_INTERNAL = tuple(d for d in [os.path.dirname(os.path.abspath(__file__))] + [
+    _package_dir(name) for name in ("torch", "typer", "click", "transformers", "accelerate")] if d)
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

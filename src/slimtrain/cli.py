@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Optional
@@ -22,11 +23,23 @@ app.add_typer(tokenizer_app, name="tokenizer")
 console = Console(soft_wrap=True, highlight=False)
 
 
+def _cli_warning(message, category, filename, lineno, line=None) -> str:
+    """On the command line a warning is one line about what the user asked for: the source line of
+    slimtrain (or of typer, whose frame is the last outside it) means nothing to them."""
+    if issubclass(category, UserWarning):
+        return f"warning: {message}\n"
+    return _default_format(message, category, filename, lineno, line)
+
+
+_default_format = warnings.formatwarning
+
+
 def _guarded(action: Callable[[], object]) -> None:
     """Run ``action``; user errors become one line on stderr and exit code 2 (no traceback,
-    unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130."""
+    unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130; warnings print as ``warning: …``."""
     from .train import Interrupted
 
+    previous, warnings.formatwarning = warnings.formatwarning, _cli_warning
     try:
         action()
     except Interrupted as stop:
@@ -41,6 +54,8 @@ def _guarded(action: Callable[[], object]) -> None:
             raise
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        warnings.formatwarning = previous
 
 
 from .memory.cli import plan_command  # noqa: E402  (the planner's command lives with the planner)
@@ -106,12 +121,14 @@ def _train_command(kind: str, doc: str):
 
     def command(**kwargs) -> None:
         config_file, resume = kwargs.pop("config"), kwargs.pop("resume")
+        allow_data_change = kwargs.pop("allow_data_change")
 
         def go():
             from .train import session
 
             kwargs["optim_args"] = _parse_optim_args(kwargs.pop("optim_arg"))
-            session.run(kind, kwargs, config_file, resume, console)
+            session.run(kind, kwargs, config_file, resume, console,
+                        allow_data_change=bool(allow_data_change))
 
         _guarded(go)
 
@@ -133,6 +150,9 @@ def _train_command(kind: str, doc: str):
         None, "--config", help="YAML or TOML file of options (keys as the flags); flags override it.")))
     params.append(("resume", Optional[str], typer.Option(
         None, "--resume", help="Run directory to continue from its latest checkpoint, exactly.")))
+    params.append(("allow_data_change", bool, typer.Option(
+        False, "--allow-data-change", help="With --resume: continue although the data changed "
+        "since the checkpoint (refused otherwise; the checkpoint's tokenizer is kept).")))
     command.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in params])
     command.__annotations__ = {n: t for n, t, _ in params}

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from . import methods as registry
 from .spec import BenchSettings, MethodSpec
 from .sweep import snap
@@ -97,7 +97,7 @@ def _check_recipe(spec: MethodSpec, settings: BenchSettings) -> None:
             warnings.simplefilter("ignore")
             optim.create(spec.name, model, **optimizer_kwargs(config, model.config.hidden_size))
     except (ValueError, TypeError) as err:
-        raise UserError(f"--methods {spec.text}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"--methods {spec.text}: {first_line(err)}") from None
 
 
 def _record(entry: Entry, trial: Trial, result: dict | None, out: Path, reused: bool) -> dict:

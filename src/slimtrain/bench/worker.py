@@ -79,12 +79,12 @@ def run_trial(trial: Trial, settings: BenchSettings, out: Path, method: Method) 
     if done is not None:
         return done
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished attempt
-    run_dir.mkdir(parents=True)
-    (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
     print(f"\n=== {trial.spec.text} · lr {trial.lr:g} · seed {trial.seed} ({trial.stage}) ===", flush=True)
     started = time.perf_counter()
-    result = _train(spec, run_dir, method)
+    result = _train(spec, run_dir, method)  # the trainer creates run_dir (it must be new)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    run_dir.mkdir(parents=True, exist_ok=True)  # a run that failed early has none
+    (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, run_dir / RESULT_FILE)  # a result file is whole or absent

@@ -39,6 +39,37 @@ def data_format(path: Path) -> str:
     return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
 
 
+# Magic numbers of the compressed and archive formats a corpus is often shipped in.
+_COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"),
+               b"\xfd7zXZ\x00": ("xz", "unxz"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"),
+               b"PK\x03\x04": ("zip", "unzip"), b"7z\xbc\xaf\x27\x1c": ("7z", "7z x")}
+_SAMPLE = 1 << 16
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse, in one line, a file that is not UTF-8 text: compressed, binary (NUL bytes) or in
+    another encoding (more than 1% of its first 64 KiB undecodable)."""
+    with open(path, "rb") as f:
+        head = f.read(_SAMPLE)
+    for magic, (kind, tool) in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise UserError(f"{path} is {kind}-compressed; decompress it first ({tool} {path.name}) "
+                            "and pass the text")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path} is UTF-16 text; convert it to UTF-8 first (iconv -f utf-16 -t "
+                        f"utf-8 {path.name})")
+    if b"\x00" in head:
+        raise UserError(f"{path} is not text (it holds NUL bytes: a binary file?); pass UTF-8 text, "
+                        "JSONL or a saved dataset")
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == _SAMPLE:  # the sample may end inside a character
+        text = text[:-1]
+    bad = text.count("\ufffd")
+    if bad > 0.01 * max(len(text), 1):
+        raise UserError(f"{path} is not UTF-8 text ({bad} undecodable characters in its first "
+                        f"{len(head) // 1024} KiB); convert it, e.g. iconv -f latin1 -t utf-8")
+
+
 def _files(path: Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
@@ -70,8 +101,10 @@ def iter_records(path: Path, text_field: str = "text", prompt_field: str | None 
         for f in _files(path):
             yield from iter_records(f, text_field, prompt_field)
     elif fmt == "jsonl":
+        check_text_file(path)
         yield from _jsonl_records(path, text_field, prompt_field)
     else:
+        check_text_file(path)
         if prompt_field:
             raise UserError(f"--prompt-field needs JSONL or a saved dataset, but {str(path)!r} is "
                             "plain text; store prompt and response as fields of a JSONL file")
@@ -138,6 +171,12 @@ def _dataset_records(path: Path, text_field: str, prompt_field: str | None) -> I
             raise UserError(f"the dataset at {str(path)!r} has no column {field!r} (columns: "
                             f"{', '.join(ds.column_names)}); pass --text-field / --prompt-field")
     columns = [c for c in (prompt_field, text_field) if c]
+    for column in columns:
+        feature = ds.features[column]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise UserError(f"the dataset at {str(path)!r}: column {column!r} holds "
+                            f"{getattr(feature, 'dtype', type(feature).__name__)}, not text; pass the "
+                            "text column with --text-field (and the prompt's with --prompt-field)")
     for batch in ds.select_columns(columns).iter(batch_size=1000):
         prompts = batch[prompt_field] if prompt_field else [""] * len(batch[text_field])
         yield from zip(prompts, batch[text_field])

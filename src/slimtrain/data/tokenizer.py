@@ -11,7 +11,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import UserError
+from .._warnings import warn
+from ..errors import UserError, first_line
 from ..paths import cache_dir
 from .cache import new_temp_dir, publish
 
@@ -54,7 +55,7 @@ def load_tokenizer(path: str | Path):
         else:
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # transformers raises many types for unreadable tokenizer dirs
-        raise UserError(f"could not load a tokenizer from {str(path)!r} ({str(err).splitlines()[0]}); "
+        raise UserError(f"could not load a tokenizer from {str(path)!r} ({first_line(err)}); "
                         "pass a directory saved by save_pretrained or `slimtrain tokenizer train`") from None
     if not tok.is_fast:
         raise UserError(f"the tokenizer at {str(path)!r} is a slow (Python) tokenizer; slimtrain needs "
@@ -69,6 +70,12 @@ def load_tokenizer(path: str | Path):
 def cached_bpe(texts_factory, corpus_key: str, vocab_size: int, say=print):
     """The BPE trained on a corpus (identified by ``corpus_key``), trained on first use and cached."""
     final = cache_dir("tokenizers") / hashlib.sha256(f"{corpus_key}\0{vocab_size}".encode()).hexdigest()[:16]
+    if final.exists():
+        try:
+            return load_tokenizer(final), final
+        except UserError:
+            warn(f"the cached tokenizer in {final} is damaged; training it again")
+            shutil.rmtree(final, ignore_errors=True)
     if not final.exists():
         say(f"training a byte-level BPE tokenizer ({vocab_size:,} tokens) on the corpus ...")
         tmp = new_temp_dir(final)

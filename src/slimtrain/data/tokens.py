@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._warnings import warn
 from ..errors import UserError
 from ..paths import cache_dir
 from .cache import new_temp_dir, publish
@@ -53,6 +54,22 @@ def _map(path: Path, dtype: str) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot map an empty file
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _whole(root: Path) -> bool:
+    """Whether a cached entry is complete: meta.json readable, every file the size it says."""
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+        item = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "val"):
+            expected = meta[f"{split}_tokens"]
+            if (root / f"{split}.bin").stat().st_size != expected * item:
+                return False
+            if meta["masked"] and (root / f"{split}.mask.bin").stat().st_size != expected:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def tokenize(records: Iterable[Record], tokenizer, out: Path, val_fraction: float,
@@ -104,6 +121,10 @@ def tokenized(records_factory: Callable[[], Iterable[Record]], data_key: str, to
     tok_key = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
     key = hashlib.sha256(f"{FORMAT}\0{data_key}\0{tok_key}\0{val_fraction}\0{masked}".encode())
     final = cache_dir("tokens") / key.hexdigest()[:16]
+    if final.exists() and not _whole(final):
+        warn(f"the cached token files in {final} are damaged (a size does not match meta.json); "
+             "tokenizing again")
+        shutil.rmtree(final, ignore_errors=True)
     if not final.exists():
         say(f"tokenizing {describe} (once; cached at {final}) ...")
         tmp = new_temp_dir(final)

@@ -12,14 +12,13 @@ from rich.table import Table
 from .units import parse_bytes
 
 console = Console()
-err = Console(stderr=True)
 
 _LABELS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
            "projectors": "projectors", "activations": "activations", "temporaries": "temporaries (peak)"}
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    typer.echo(f"error: {message}", err=True)  # one line, whatever the terminal's width
     raise typer.Exit(code=2)
 
 
@@ -59,6 +58,8 @@ def plan_command(
         typer.echo("")
         typer.echo(render_seven_b(seven_b()))
         return
+    if top < 1:
+        _fail(f"--top must be at least 1, got {top}")
     try:
         if budget is not None:
             limit = parse_bytes(budget)
@@ -71,7 +72,7 @@ def plan_command(
                       autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
                       activation_checkpointing=activation_checkpointing,
                       fused_refresh_from=fused_refresh_from, **kwargs)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # the planner's and the config's complaints
         _fail(str(error))
         return
     if as_json:

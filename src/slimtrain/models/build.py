@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .config import model_config
 from .presets import PRESETS
 
@@ -29,7 +29,7 @@ def config_for(spec: str):
     try:
         return model_config(spec)
     except (ValueError, OSError) as err:
-        raise UserError(f"--model {spec!r}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"--model {spec!r}: {first_line(err)}") from None
 
 
 def check_pretrained(spec: str) -> None:
@@ -55,7 +55,17 @@ def build_model(spec: str, seed: int) -> torch.nn.Module:
                                                          dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # transformers and safetensors raise many types for unreadable files
+        if not _unreadable(err):
+            raise
         raise UserError(f"could not build a causal language model from {spec!r} "
-                        f"({str(err).splitlines()[0]})") from None
+                        f"({first_line(err)}); its weights or config are damaged or not a "
+                        "Hugging Face model") from None
     return model
+
+
+def _unreadable(err: Exception) -> bool:
+    """The errors of a damaged or foreign model directory (not bugs)."""
+    from safetensors import SafetensorError
+
+    return isinstance(err, (OSError, ValueError, KeyError, SafetensorError, EOFError))

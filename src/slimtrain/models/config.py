@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import first_line
 from .presets import preset_config
 
 
@@ -22,7 +23,12 @@ def model_config(model):
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"{path} has no config.json; point --model at a Hugging Face model directory")
-        return AutoConfig.from_pretrained(str(path))
+        _config_from_json(path / "config.json")  # a clear error for a broken file first
+        try:
+            return AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except (OSError, KeyError, TypeError) as err:
+            raise ValueError(f"{path / 'config.json'} is not a config transformers can read "
+                             f"({first_line(err, 120)})") from None
     return preset_config(text)  # a ValueError naming the presets when it is none of them
 
 
@@ -31,8 +37,17 @@ def _config_from_json(path: Path):
 
     from transformers import AutoConfig
 
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); pass a Hugging Face config.json") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a config object")
     model_type = data.pop("model_type", None)
     if model_type is None:
         raise ValueError(f"{path} has no 'model_type'; it does not look like a Hugging Face config")
-    return AutoConfig.for_model(model_type, **data)
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: transformers does not know model_type {model_type!r} or its "
+                         f"fields ({first_line(err, 120)})") from None

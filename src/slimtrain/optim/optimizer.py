@@ -83,6 +83,10 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         self._unnamed = 0
         self._warned_no_grad = False
         self.grad_norm: float | None = None  # global L2 norm of the last step's gradients
+        # the last step's parameters, and those of them whose update it skipped (NaN/Inf gradient):
+        # all of them, step after step, is divergence (the trainer stops)
+        self.last_step_params = self.last_step_skipped = 0
+        self._seen = self._skipped = 0
         self.layerwise = None  # the layer-wise handle while fuse_backward() is active
         self._defaults_rule = defaults.get("rule")  # the rule the defaults' rule keys are for
         super().__init__(param_groups, {**GROUP_DEFAULTS, **defaults})
@@ -184,7 +188,14 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
             warn("optimizer.step() found no parameter with a gradient, so it changed nothing: "
                  "call loss.backward() before step()")
         self.grad_norm = math.sqrt(norms_sq) if checked else None
+        self.end_step()
         return loss
+
+    def end_step(self) -> None:
+        """Publish the step's counts (``last_step_params``, ``last_step_skipped``); the layer-wise
+        mode calls it when it finishes a step."""
+        self.last_step_params, self.last_step_skipped = self._seen, self._skipped
+        self._seen = self._skipped = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
@@ -205,6 +216,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         """
         low_rank = low_rank or {}
         inputs = inputs or {}
+        self._seen += len(params)
         for p in params:
             if p not in low_rank and p.grad.is_sparse:
                 raise ValueError("sparse gradients are not supported; use a dense embedding")
@@ -226,6 +238,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
                         ) -> tuple[list[Tensor], float]:
         values = _grad_norms([low_rank[p] if p in low_rank else p.grad for p in params])
         keep = [p for p, v in zip(params, values) if math.isfinite(v)]
+        self._skipped += len(params) - len(keep)
         if len(keep) < len(params):
             bad = [self._plans[p].name for p, v in zip(params, values) if not math.isfinite(v)]
             warn(f"skipped the update of {len(bad)} parameters whose gradient has NaN/Inf "

@@ -25,6 +25,10 @@ STATE_FORMAT = 2
 # format 1 group keys → format 2, per rule
 _RENAMED = {"adafactor": {"adafactor_beta1": "beta1", "factored_eps": "eps"},
             "natural": {"natural_history": "history", "natural_damping": "damping"}}
+# Group keys that define what a step computes (not hyperparameters a resume may take from the
+# checkpoint, such as the scheduled lr): a state saved with other values is refused.
+DEFINING = ("rule", "backmap", "residual", "basis", "refresh", "switch", "side", "state_bits",
+            "projector_bits", "projector_group", "quantize_min_numel")
 _V1_RULE_KEYS = ("betas", "eps", "eps_mode", "adafactor_beta1", "factored_eps", "decay_rate",
                  "clip_threshold", "natural_history", "natural_damping")
 _COUNTER = 4  # float32 step counters
@@ -72,6 +76,7 @@ class StateIO:
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT
+        sd["recipe"] = type(self).__name__  # checked on load, with each group's DEFINING keys
         # the last step's gradient norm: layer-wise clipping scales the next step by it
         sd["grad_norm"] = self.grad_norm
         return sd
@@ -86,6 +91,7 @@ class StateIO:
                              f"understands ({STATE_FORMAT}); upgrade slimtrain")
         if version < 2:
             state_dict = _from_format_1(state_dict)
+        self._check_same_recipe(state_dict)
         saved_state = state_dict["state"]
         saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         # torch's loader would cast every state tensor to the parameter's dtype (uint8 codes and
@@ -106,6 +112,28 @@ class StateIO:
             self._check_restored(p, groups[p], restored)
             self.state[p] = restored
         self.grad_norm = state_dict.get("grad_norm")
+
+    def _check_same_recipe(self, state_dict: dict[str, Any]) -> None:
+        """The state was written by the same recipe with the same parts: torch's loader would let
+        the saved group keys replace ours (a GaLore-Lion would then run Adam), so refuse."""
+        recipe, ours = state_dict.get("recipe"), type(self).__name__
+        if recipe is not None and recipe != ours:
+            raise ValueError(f"this optimizer state was saved by {recipe}, not {ours}: load it into "
+                             f"a {recipe}, or start the {ours} fresh")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"this optimizer state has {len(saved_groups)} param groups, this "
+                             f"optimizer {len(self.param_groups)}: it was saved for other groups")
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if "limiter" in saved and (saved["limiter"] is None) != (group.get("limiter") is None):
+                raise ValueError(f"this optimizer state was saved with limiter={saved['limiter']!r} "
+                                 f"in param group {i}, but this optimizer has limiter="
+                                 f"{group.get('limiter')!r}: build the optimizer as it was saved")
+            for key in DEFINING:
+                if key in saved and saved[key] != group.get(key):
+                    raise ValueError(f"this optimizer state was saved with {key}={saved[key]!r} in "
+                                     f"param group {i}, but this optimizer has {key}="
+                                     f"{group.get(key)!r}: build the optimizer as it was saved")
 
     def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         plan = self._plans[p]

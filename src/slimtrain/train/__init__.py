@@ -2,7 +2,8 @@
 (``checkpoint``), metrics and plots (``metrics``), and one CLI invocation (``session``)."""
 
 from .config import TrainConfig
-from .loop import Diverged, Interrupted, evaluate, train, train_step
+from .loop import Interrupted, evaluate, train, train_step
+from .watch import Diverged
 from .session import run
 from .setup import Run, prepare
 

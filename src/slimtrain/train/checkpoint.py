@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from ..data.cache import new_temp_dir, publish, sweep_temps
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "model.safetensors"
 STATE_KIND = "slimtrain-trainer-state"
-STATE_VERSION = 1
+# 2: the run's settings ("config"), its data ("data"), the weights' fingerprint ("weights")
+STATE_VERSION = 2
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -62,6 +63,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def weights_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
+    """Per parameter the float64 sum of its values and of their magnitudes: written with the
+    trainer state, compared after the weights are loaded, so weights and optimizer state of a
+    checkpoint are known to belong together (a replaced model.safetensors is caught) — two
+    reductions per tensor, no hashing of gigabytes."""
+    return {name: [float(p.detach().double().sum()), float(p.detach().double().abs().sum())]
+            for name, p in model.named_parameters()}
+
+
+def _same_fingerprint(a: dict, b: dict) -> bool:
+    """Equal up to the reduction order (threads, devices): 1e-9 of the magnitudes."""
+    return a.keys() == b.keys() and all(
+        abs(a[k][0] - b[k][0]) <= 1e-9 * max(a[k][1], b[k][1]) + 1e-30 for k in a)
+
+
 def save(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
          keep_last: int) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep_last``."""
@@ -73,28 +89,53 @@ def save(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, An
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the middle of our own
-    tmp = new_temp_dir(final)
+    state = {"kind": STATE_KIND, "version": STATE_VERSION, **trainer_state,
+             "weights": weights_fingerprint(model)}
+    tmp = None
     try:
+        tmp = new_temp_dir(final)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        torch.save({"kind": STATE_KIND, "version": STATE_VERSION, **trainer_state}, tmp / STATE_FILE)
+        torch.save(state, tmp / STATE_FILE)
         publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if _is_write_error(err):
+            raise UserError(f"could not write checkpoint {final} ({first_line(err, 100)}); free disk "
+                            f"space (or fix the permissions of {root}) and continue with --resume "
+                            f"{run_dir} — the earlier checkpoints are intact") from None
         raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old)
     return final
 
 
+def _is_write_error(err: BaseException) -> bool:
+    """A failed write (a full disk, a quota, permissions), as the writers report it: an OSError,
+    safetensors' I/O error, or a RuntimeError of torch.save's zip writer."""
+    from safetensors import SafetensorError
+
+    text = str(err)
+    if isinstance(err, OSError):
+        return True
+    if isinstance(err, SafetensorError):
+        return "I/O error" in text
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("unexpected pos", "PytorchStreamWriter", "file write failed"))
+
+
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     path = ckpt / STATE_FILE
     if not path.is_file():
         raise UserError(f"checkpoint {ckpt} has no {STATE_FILE}; it was not written by slimtrain")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {ckpt} is damaged ({STATE_FILE} is empty); delete that "
+                        "checkpoint directory to resume from the one before it")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign pickles fail in many ways
-        raise UserError(f"checkpoint {ckpt} is damaged ({STATE_FILE}: {str(err).splitlines()[0][:120]}); "
+        raise UserError(f"checkpoint {ckpt} is damaged ({STATE_FILE}: {first_line(err, 120)}); "
                         "delete that checkpoint directory to resume from the one before it") from None
     if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
         raise UserError(f"{path} was not written by slimtrain's trainer; resume only runs that "
@@ -130,6 +171,27 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     if missing or result.unexpected_keys:
         raise UserError(f"checkpoint {ckpt} holds weights for a different model (missing "
                         f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise UserError(f"checkpoint {ckpt} holds NaN/Inf weights ({bad[0]}{' …' if len(bad) > 1 else ''}): "
+                        "it was saved from a diverged or damaged run; resume from an earlier "
+                        "checkpoint, or start a new run")
+
+
+def check_belongs(ckpt: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """The loaded weights are the ones the trainer state was written with, and the optimizer state
+    is finite (checked before anything is trained on them)."""
+    saved = state.get("weights")
+    if saved is not None and not _same_fingerprint(saved, weights_fingerprint(model)):
+        raise UserError(f"checkpoint {ckpt}: {WEIGHTS_FILE} is not the file its {STATE_FILE} was "
+                        "written with (replaced or edited); restore it, or delete that checkpoint "
+                        "directory to resume from the one before it")
+    for key, values in state.get("optimizer", {}).get("state", {}).items():
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise UserError(f"checkpoint {ckpt} holds NaN/Inf optimizer state ({name} of "
+                                f"parameter {key}): it was saved from a diverged or damaged run; "
+                                "resume from an earlier checkpoint, or start a new run")
 
 
 def sweep_unfinished(run_dir: Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..paths import write_text_atomic
 
 
 def _f(default: Any, help: str, **kw):
@@ -141,7 +142,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise UserError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"config file {str(path)!r} is not valid: {str(err).splitlines()[0]}") from None
+        raise UserError(f"config file {str(path)!r} is not valid: {first_line(err)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of option: value")
     names = {f.name for f in fields(TrainConfig)}
@@ -175,13 +176,16 @@ def resolve(kind: str, file_values: dict[str, Any], flags: dict[str, Any]) -> Tr
 
 
 def save_config(config: TrainConfig, kind: str, path: Path) -> None:
-    path.write_text(yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump({"kind": kind, **asdict(config)}, sort_keys=False))
 
 
 def load_run_config(path: Path) -> tuple[str, TrainConfig]:
-    raw = yaml.safe_load(path.read_text())
-    kind = raw.pop("kind")
-    return kind, TrainConfig(**raw)
+    """The kind and settings of a run directory's ``config.yaml``, checked as a config file is."""
+    raw = yaml.safe_load(path.read_text(errors="replace")) if path.stat().st_size else None
+    if not isinstance(raw, dict) or raw.get("kind") not in ("pretrain", "finetune"):
+        raise UserError(f"{path} is not a slimtrain run config (no 'kind: pretrain|finetune'); pass "
+                        "the --out directory of an earlier run")
+    return raw["kind"], TrainConfig(**read_config_file(path)).validate()
 
 
 def merge_resume(saved: TrainConfig, flags: dict[str, Any]) -> TrainConfig:

@@ -16,11 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .._warnings import warn
 from ..data.blocks import IGNORE_INDEX
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..memory.planner import adamw_state_bytes
 from . import checkpoint
-from .metrics import MetricsLog, peak_memory_bytes, plot_losses
+from .metrics import MetricsLog, peak_memory_bytes, perplexity, plot_losses
 from .setup import Run, trainer_state
+from .watch import Diverged, Watch
 
 
 class Interrupted(Exception):
@@ -29,10 +30,6 @@ class Interrupted(Exception):
     def __init__(self, step: int, ckpt):
         super().__init__(f"stopped at step {step}")
         self.step, self.ckpt = step, ckpt
-
-
-class Diverged(UserError):
-    """The training loss became NaN or infinite (a learning rate too high, usually)."""
 
 
 class _StopOnSignal:
@@ -137,10 +134,13 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
         _advance(run)
         return None, None
     total = torch.zeros((), device=run.device)
-    for ids, labels in batches:
+    for k, (ids, labels) in enumerate(batches):
         ids, labels = ids.to(run.device), labels.to(run.device)
         with _autocast(run):
             loss = run.model(input_ids=ids, labels=labels, num_items_in_batch=count).loss
+        # from here on the weights change (layer-wise updates: inside the last backward), so an
+        # error leaves them between two steps: no checkpoint is written of that state
+        run.updating = run.updating or (run.fused is not None and k == len(batches) - 1)
         loss.backward()
         total += loss.detach()
     # The norm before clipping: what the log should show.
@@ -150,6 +150,7 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     inputs = step_inputs(run, total)
     _sync(run.device)
     started = time.perf_counter()
+    run.updating = True
     run.optimizer.step(**inputs)
     _sync(run.device)
     run.optimizer_s += time.perf_counter() - started
@@ -158,6 +159,7 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     _advance(run)
+    run.updating = False
     return total, grad_norm
 
 
@@ -190,34 +192,47 @@ def evaluate(run: Run) -> float:
     return loss_sum / count if count else float("nan")
 
 
-def _save(run: Run) -> Any:
-    return checkpoint.save(run.run_dir, run.step, run.model, run.tokenizer, trainer_state(run),
-                           run.config.keep_last)
+def _save(run: Run, state: dict | None = None, step: int | None = None) -> Any:
+    return checkpoint.save(run.run_dir, run.step if step is None else step, run.model, run.tokenizer,
+                           trainer_state(run) if state is None else state, run.config.keep_last)
 
 
-class _Losses:
-    """The steps' losses, kept on the device and read with one host sync when a step is logged,
-    evaluated or saved (not once per micro-batch); every loss read is checked for divergence."""
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
-    def __init__(self):
-        self.pending: list[tuple[int, torch.Tensor]] = []
-        self.last = float("nan")
 
-    def add(self, step: int, loss: torch.Tensor | None) -> None:
-        if loss is not None:
-            self.pending.append((step, loss))
+def _good_state(run: Run) -> dict:
+    """The trainer state after a step that updated the weights (kept for ``_save_good``)."""
+    return trainer_state(run, with_optimizer=False)
 
-    def read(self) -> float:
-        """The latest step's loss (NaN when no step had a predicted token yet)."""
-        if self.pending:
-            values = torch.stack([loss for _, loss in self.pending]).tolist()
-            for (step, _), value in zip(self.pending, values):
-                if not math.isfinite(value):
-                    raise Diverged(f"the training loss became {value} at step {step}; lower --lr "
-                                   "(or raise --warmup-steps) and start a new run")
-            self.last = values[-1]
-            self.pending.clear()
-        return self.last
+
+def _save_good(run: Run, good: dict | None) -> str:
+    """Divergence by skipped updates: the weights and the optimizer state are still those of the
+    last good step; save them under that step (unless a checkpoint of it exists)."""
+    if good is None:
+        return "no step updated the weights, so there is no checkpoint to keep"
+    existing = {p.name for p in checkpoint.list_checkpoints(run.run_dir)}
+    path = checkpoint.checkpoints_dir(run.run_dir) / f"step-{good['step']:08d}"
+    if path.name not in existing:
+        path = _save(run, {**good, "optimizer": run.optimizer.state_dict()}, step=good["step"])
+    return f"the weights of the last good step ({good['step']}) are in {path}"
+
+
+def _after_error(run: Run, err: BaseException, saved_at: int | None) -> BaseException:
+    """A run that ends in an error keeps its last completed step: saved when its weights are whole
+    (not caught between two steps) and finite. Returns the exception to raise."""
+    if run.updating or saved_at == run.step or run.step == 0 or not _finite(run.model):
+        return err
+    try:
+        ckpt = _save(run)
+    except Exception:  # the error may be the disk itself
+        return err
+    note = f" (step {run.step} was saved in {ckpt}: continue with --resume {run.run_dir})"
+    if isinstance(err, UserError):
+        return UserError(str(err) + note)
+    if hasattr(err, "add_note"):
+        err.add_note(note.strip(" ()"))
+    return err
 
 
 def train(run: Run, console: Console) -> dict[str, Any]:
@@ -227,9 +242,10 @@ def train(run: Run, console: Console) -> dict[str, Any]:
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
-    losses, val_loss = _Losses(), float("nan")
+    watch, val_loss = Watch(getattr(run.model.config, "vocab_size", 2)), math.nan
     session_tokens, session_time, session_steps = 0, 0.0, 0
     saved_at = run.step if run.resumed_from else None
+    good = _good_state(run) if run.resumed_from else None  # the last step that updated weights
     stop = _StopOnSignal(console)
     try:
         with stop, progress:
@@ -242,10 +258,14 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                     if _is_oom(err):
                         raise UserError(
                             f"a batch of {cfg.batch_size} × {cfg.seq_len} tokens does not fit in memory "
-                            f"({str(err).splitlines()[0][:100]}); lower --batch-size (raise --grad-accum "
+                            f"({first_line(err, 100)}); lower --batch-size (raise --grad-accum "
                             "to keep the tokens per step) or pass --activation-checkpointing") from None
                     raise
-                losses.add(run.step, loss)
+                watch.add(run.step, loss, grad_norm)
+                if loss is not None:  # a step without predicted tokens did not step the optimizer
+                    watch.updates(run.step, run.optimizer)
+                if loss is not None and not watch.skipped:
+                    good = _good_state(run)
                 dt = time.perf_counter() - t0
                 run.elapsed_s += dt
                 session_time += dt
@@ -257,7 +277,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 saving = run.step % cfg.save_every == 0 or run.step == cfg.steps
                 if not (logged or saving or stop.requested):
                     continue
-                last_loss = losses.read()  # the one host sync of these steps
+                last_loss = watch.read()  # the one host sync of these steps
                 tokens_per_s = session_tokens / session_time
                 if logged:
                     # float(): torchao's optimizers keep lr as a tensor
@@ -269,15 +289,15 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                         record["grad_norm_exact"] = False  # projected matrices: in-subspace norm
                     if evaluated:
                         val_loss = evaluate(run)
-                        record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+                        record.update(val_loss=val_loss, val_ppl=perplexity(val_loss))
                         console.print(f"step {run.step:>6}/{cfg.steps} | loss {last_loss:.3f} | val "
-                                      f"loss {val_loss:.3f} | val ppl {math.exp(val_loss):8.1f} | "
+                                      f"loss {val_loss:.3f} | val ppl {perplexity(val_loss):8.1f} | "
                                       f"{tokens_per_s:,.0f} tokens/s")
                     record.update(optimizer_state_bytes=_state_bytes(run.optimizer),
                                   peak_memory_bytes=peak_memory_bytes(run.device))
                     log.write(record)
                 progress.update(task, stats=(f"loss {last_loss:.3f} ppl "
-                                             f"{math.exp(min(last_loss, 50)):.1f} "
+                                             f"{perplexity(min(last_loss, 50)):.1f} "
                                              f"{tokens_per_s:,.0f} tok/s"))
                 if saving:
                     _save(run)
@@ -285,6 +305,16 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 if stop.requested:
                     ckpt = _save(run) if saved_at != run.step else checkpoint.list_checkpoints(run.run_dir)[-1]
                     raise Interrupted(run.step, ckpt)
+    except Diverged as err:
+        if err.weights_good:
+            raise Diverged(f"{err}; {_save_good(run, good)}") from None
+        kept = checkpoint.list_checkpoints(run.run_dir)
+        where = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written"
+        raise Diverged(f"{err} ({where})") from None
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise _after_error(run, err, saved_at) from err.__cause__
     finally:
         log.close()
         plot_losses(run.run_dir, f"{run.kind} {run.describe['model']} · {cfg.optimizer}")
@@ -293,7 +323,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 tokens_per_s=run.tokens / run.elapsed_s if run.elapsed_s else 0.0,
                 # optimizer.step() alone (this session), the part of a step the optimizer decides
                 optimizer_ms_per_step=1e3 * run.optimizer_s / session_steps if session_steps else 0.0,
-                train_loss=losses.read(), val_loss=val_loss, val_ppl=math.exp(val_loss),
+                train_loss=watch.read(), val_loss=val_loss, val_ppl=perplexity(val_loss),
                 params=run.describe["params"],
                 weight_bytes=sum(p.nbytes for p in run.model.parameters()),
                 gradient_bytes=_gradient_bytes(run), optimizer_state_bytes=state,

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..memory.units import mib
+from ..paths import write_text_atomic
 from . import checkpoint
 from .config import load_run_config, merge_resume, read_config_file, resolve, save_config
 from .loop import train
@@ -39,27 +42,71 @@ def _settings(kind: str, flags: dict[str, Any], config_file: str | None, resume:
         raise UserError("--out cannot differ from --resume: a resumed run continues in its own directory")
     try:
         saved_kind, saved = load_run_config(run_dir / CONFIG_FILE)
-    except Exception as err:  # a hand-edited or foreign file
-        raise UserError(f"{run_dir / CONFIG_FILE} is not a slimtrain run config ({err})") from None
+    except yaml.YAMLError as err:  # read_config_file reports its own; a broken file before it
+        raise UserError(f"{run_dir / CONFIG_FILE} is not valid YAML ({first_line(err)})") from None
     if saved_kind != kind:
         raise UserError(f"{resume} is a {saved_kind} run; resume it with `slimtrain {saved_kind} --resume`")
     return merge_resume(saved, flags), run_dir, run_dir
 
 
-def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str | None,
-        console: Console, optimizer_factory: OptimizerFactory | None = None) -> dict[str, Any]:
-    """``optimizer_factory``: see ``setup.prepare`` (the benchmark trains other libraries'
-    optimizers through it)."""
-    config, run_dir, resume_dir = _settings(kind, flags, config_file, resume)
-    if resume_dir is None and checkpoint.list_checkpoints(run_dir):
+def _check_run_dir(run_dir: Path) -> None:
+    """A new run writes only into a new or empty directory: never over the user's own files, and
+    never where it could not write (a file, a path under a file, a read-only directory)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == run_dir else f"lies under {path}, which is a file"
+            raise UserError(f"--out {run_dir} {where}; pass a directory")
+        if path.exists():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UserError(f"--out {run_dir}: {path} is not writable; choose a directory you "
+                                "can write to")
+            break
+    if checkpoint.list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds checkpoints of another run; continue it with "
                         f"--resume {run_dir}, or pass a new --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        names = sorted(p.name for p in run_dir.iterdir())
+        shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+        raise UserError(f"--out {run_dir} is not empty ({shown}) and holds no checkpoint to resume; "
+                        "choose a new directory, or empty this one (nothing is overwritten)")
+
+
+def _check_flags_apply(config, flags: dict[str, Any]) -> None:
+    """A flag that does not apply to the input is a mistake to say, not to ignore."""
+    from ..data.sources import data_format
+
+    if flags.get("text_field") is not None and config.data is not None and \
+            data_format(Path(config.data)) == "text":
+        raise UserError(f"--text-field names a JSONL field or dataset column, but {config.data} is "
+                        "plain text (every line is text); drop --text-field")
+    if flags.get("fused_refresh_from") is not None and not config.fused_backward:
+        raise UserError("--fused-refresh-from applies to layer-wise updates: add --fused-backward "
+                        "or drop it")
+
+
+def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str | None,
+        console: Console, optimizer_factory: OptimizerFactory | None = None,
+        allow_data_change: bool = False) -> dict[str, Any]:
+    """``optimizer_factory``: see ``setup.prepare`` (the benchmark trains other libraries'
+    optimizers through it). ``allow_data_change``: resume on data that changed since the
+    checkpoint (refused otherwise)."""
+    if allow_data_change and resume is None:
+        raise UserError("--allow-data-change applies to --resume (a new run reads its data as it is)")
+    config, run_dir, resume_dir = _settings(kind, flags, config_file, resume)
+    if resume_dir is None:
+        _check_run_dir(run_dir)
+        _check_flags_apply(config, flags)
     # all user errors surface here
-    r = prepare(kind, config, run_dir, resume_dir, say=console.print, optimizer_factory=optimizer_factory)
+    r = prepare(kind, config, run_dir, resume_dir, say=console.print, optimizer_factory=optimizer_factory,
+                allow_data_change=allow_data_change)
     if r.step >= config.steps:
         raise UserError(f"the run in {run_dir} already finished its {config.steps} steps; start a new "
                         "run with --out to train further")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {run_dir}: cannot create it ({first_line(err)}); choose a directory "
+                        "you can write to") from None
     checkpoint.sweep_unfinished(run_dir)
     if resume_dir is None:
         save_config(config, kind, run_dir / CONFIG_FILE)
@@ -74,7 +121,7 @@ def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str |
     console.print(f"run directory: {run_dir}")
     summary = train(r, console)
     summary.update(kind=kind, model=config.model, optimizer=config.optimizer, run_dir=str(run_dir))
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(_strict(summary), indent=1, allow_nan=False))
     console.print(summary_table(summary))
     return summary
 
@@ -88,7 +135,8 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("training time", f"{minutes}m {seconds:02d}s ({s['tokens_per_s']:,.0f} tokens/s)"),
         ("train loss (last step)", f"{s['train_loss']:.3f}"),
         ("validation loss", f"{s['val_loss']:.3f}"),
-        ("validation perplexity", f"{s['val_ppl']:.1f}" if math.isfinite(s["val_ppl"]) else "–"),
+        ("validation perplexity", f"{s['val_ppl']:.1f}" if s["val_ppl"] is not None
+         and math.isfinite(s["val_ppl"]) else "inf"),
         ("weights", mib(s["weight_bytes"])),
         ("optimizer state", f"{mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
                             f"{mib(s['adamw_state_bytes'])})"),
@@ -102,3 +150,8 @@ def summary_table(s: dict[str, Any]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _strict(summary: dict[str, Any]) -> dict[str, Any]:
+    """NaN and ±inf as null (strict JSON readers reject bare NaN)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}

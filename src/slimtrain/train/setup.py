@@ -14,10 +14,12 @@ import torch
 from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
-from ..errors import UserError
+from .._warnings import warn
+from ..errors import UserError, first_line
 from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
 from . import checkpoint
+from .checks import check_same_settings, check_split, settings_record
 from .config import TrainConfig
 
 
@@ -43,6 +45,8 @@ class Run:
     optimizer_s: float = 0.0        # time inside optimizer.step() in this session
     resumed_from: Path | None = None
     fused: optim.FusedBackward | None = None  # the layer-wise handle with --fused-backward
+    updating: bool = False          # the weights are being changed (a step is between two states)
+    data_key: str = ""              # the data's fingerprint (with the fields read), kept in checkpoints
 
 
 def _device(name: str) -> torch.device:
@@ -56,13 +60,24 @@ def _device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for a GPU, but torch sees none; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def _threads(requested: int | None) -> int:
+def _threads(requested: int | None, resumed: bool) -> int:
     """Oversubscribed OpenMP threads on a shared machine are slower than one (4× here), so by
-    default use only the cores that are idle."""
+    default use only the cores that are idle; more threads than cores is refused (kept, with a
+    warning, when a run resumes on a smaller machine: its results depend on the count)."""
+    cores = os.cpu_count() or 1
     if requested is not None:
+        if requested > cores and not resumed:
+            raise UserError(f"--threads {requested} exceeds the {cores} CPU cores of this machine; "
+                            f"use at most {cores}")
+        if requested > cores:
+            warn(f"this run uses {requested} threads (kept so that it resumes exactly), more than "
+                 f"the {cores} cores of this machine: expect it to be slow")
         return requested
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
@@ -147,14 +162,19 @@ OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
 
 def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
-            say: Callable[[str], None] = print, optimizer_factory: OptimizerFactory | None = None) -> Run:
+            say: Callable[[str], None] = print, optimizer_factory: OptimizerFactory | None = None,
+            allow_data_change: bool = False) -> Run:
     """``optimizer_factory`` replaces the recipe registry: it gets the model (on its device, before
     any checkpoint state is restored) and returns the optimizer — an optimizer from another library,
     or one with its own param groups; it may change the model in place first (add adapters, freeze
-    weights). ``config.optimizer`` then only names the run."""
+    weights). ``config.optimizer`` then only names the run.
+
+    On resume the checkpoint is the source of truth: its settings must match the run's
+    (``config.yaml``), its data fingerprint the data's (unless ``allow_data_change``), its
+    tokenizer is the one used, and its weights must be the ones its state was written with."""
     device = _device(config.device)
     autocast = _autocast(config.precision, device)
-    config.threads = _threads(config.threads)  # resolved once, saved with the run, kept on resume
+    config.threads = _threads(config.threads, resume is not None)  # resolved once, saved with the run, kept on resume
     torch.set_num_threads(config.threads)
     if optimizer_factory is None:
         try:
@@ -168,16 +188,27 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if max_len is not None and config.seq_len > max_len:
         raise UserError(f"--seq-len {config.seq_len} is longer than the model's maximum of {max_len} "
                         f"positions; use --seq-len {max_len} or less")
-    ckpt = None
+    ckpt = state = None
     if resume is not None:
         ckpts = checkpoint.list_checkpoints(resume)
         if not ckpts:
             raise UserError(f"{resume} holds no checkpoint to resume from")
         ckpt = ckpts[-1]
         state = checkpoint.load_trainer_state(ckpt)  # a damaged checkpoint fails before data work
+        check_same_settings(config, state, ckpt, resume)
 
     records, corpus_key, corpus_name = _records(config, say)
-    tokenizer, tok_path = _tokenizer(config, records, corpus_key, mconfig.vocab_size, say)
+    if state is not None and state.get("data", corpus_key) != corpus_key:
+        if not allow_data_change:
+            raise UserError(f"the data changed since {ckpt} was written ({corpus_name}: its files' "
+                            "sizes or times differ); resume on the data the run was trained on, or "
+                            "pass --allow-data-change to continue on the new data (the checkpoint's "
+                            "tokenizer and data position are kept)")
+        say(f"warning: the data changed since {ckpt}; continuing on the new data as asked")
+    if ckpt is not None:  # the tokenizer the run trained with, whatever the corpus is now
+        tokenizer, tok_path = load_tokenizer(ckpt), ckpt
+    else:
+        tokenizer, tok_path = _tokenizer(config, records, corpus_key, mconfig.vocab_size, say)
     if len(tokenizer) > mconfig.vocab_size:
         raise UserError(f"the tokenizer has {len(tokenizer):,} tokens but the model's vocabulary holds "
                         f"{mconfig.vocab_size:,}; use the model's own tokenizer, or one with at most "
@@ -191,12 +222,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     say(f"tokens: {meta['train_tokens']:,} train ({meta['train_documents']:,} documents), "
         f"{meta['val_tokens']:,} validation ({meta['val_documents']:,} documents, held out by "
         f"content hash)")
-    if len(train) < config.batch_size:
-        raise UserError(f"the training split holds {len(train)} blocks of {config.seq_len} tokens, fewer "
-                        f"than one batch of {config.batch_size}; add data or lower --batch-size / --seq-len")
-    if len(val) == 0:
-        raise UserError(f"the validation split holds {meta['val_tokens']} tokens, less than one "
-                        f"sequence of {config.seq_len}; raise --val-fraction, add data, or lower --seq-len")
+    check_split(meta, train, val, config, say)
 
     model = build_model(config.model, config.seed)
     if ckpt is not None:
@@ -223,7 +249,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
 
     params = sum(p.numel() for p in model.parameters())
     run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
-              val, EpochOrder(len(train), config.seed))
+              val, EpochOrder(len(train), config.seed), data_key=corpus_key)
     if config.fused_backward:  # before the checkpoint's optimizer state is loaded into it
         run.fused = optim.fuse_backward(model, optimizer, grad_accum=config.grad_accum,
                                         max_grad_norm=config.grad_clip or None,
@@ -238,6 +264,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
 
 
 def _restore(run: Run, ckpt: Path, state: dict) -> None:
+    checkpoint.check_belongs(ckpt, run.model, state)
     try:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -245,14 +272,20 @@ def _restore(run: Run, ckpt: Path, state: dict) -> None:
         run.elapsed_s = float(state["elapsed_s"])
         checkpoint.set_rng_state(state["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise UserError(f"checkpoint {ckpt} does not match this run ({str(err).splitlines()[0][:160]}); "
+        raise UserError(f"checkpoint {ckpt} does not match this run ({first_line(err)}); "
                         "resume it with the settings it was written with") from None
     run.resumed_from = ckpt
 
 
-def trainer_state(run: Run) -> dict:
+def trainer_state(run: Run, with_optimizer: bool = True) -> dict:
+    import copy
+
     from .checkpoint import rng_state
 
-    return dict(step=run.step, tokens=run.tokens, position=run.position, elapsed_s=run.elapsed_s,
-                optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-                rng=rng_state())
+    state = dict(step=run.step, tokens=run.tokens, position=run.position, elapsed_s=run.elapsed_s,
+                 scheduler=copy.deepcopy(run.scheduler.state_dict()), rng=rng_state(),
+                 run_kind=run.kind, config=settings_record(run.config), data=run.data_key)
+    if with_optimizer:
+        state["optimizer"] = run.optimizer.state_dict()
+    return state
+

@@ -250,6 +250,7 @@ class FusedBackward:
                     self._apply(p, _Pending(), p.grad)
                     self._track(p)
             self._finish(order)
+        self.optimizer.end_step()
         return None
 
     def _finish(self, order: list[Tensor]) -> None:
