@@ -189,6 +189,8 @@ def tokenizer_train(
         from .data import default_corpus, iter_records, train_bpe
 
         target = Path(out)
+        if target.exists() and not target.is_dir():
+            raise UserError(f"--out {out} is a file; pass a directory for the tokenizer")
         if target.exists() and any(target.iterdir()):
             raise UserError(f"--out {out} is not empty; choose a new directory (nothing is overwritten)")
         if data is None:

@@ -131,6 +131,21 @@ def test_damaged_cache_entries_are_rebuilt(model_dir, corpus, tmp_path, monkeypa
     assert (entry / "train.bin").read_bytes() == data
 
 
+def test_a_damaged_cached_tokenizer_is_trained_again(corpus, tmp_path, monkeypatch):
+    from slimtrain.paths import cache_dir
+
+    monkeypatch.setenv("SLIMTRAIN_CACHE", str(tmp_path / "cache"))
+    args = ["--data", corpus, "--steps", 1, "--batch-size", 2, "--seq-len", 32, "--val-fraction",
+            0.2, "--eval-batches", 1]
+    result = cli("pretrain", *args, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.stderr
+    (entry,) = list(cache_dir("tokenizers").iterdir())
+    (entry / "tokenizer.json").write_text("{ damaged")
+    with pytest.warns(UserWarning, match="cached tokenizer .* is damaged"):
+        result = cli("pretrain", *args, "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.stderr
+
+
 def test_warnings_on_the_command_line_are_one_line_about_the_run(model_dir, corpus, tmp_path):
     """The CLI prints a warning as ``warning: …`` — not as a source location inside typer."""
     from slimtrain import cli as cli_module
