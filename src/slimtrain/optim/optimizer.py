@@ -35,6 +35,7 @@ from .rules import get_rule
 from .rules.adam import fused_supported
 from .state_io import STATE_FORMAT, StateIO
 from .subspace.geometry import projected_shape
+from .subspace.lifecycle import init_state
 from .subspace.projected import ProjectedStep
 from .targets import translate_galore_keys
 
@@ -124,6 +125,19 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
             self._unnamed += len(names)
         for p, plan in zip(group["params"], plan_group(group, names)):
             self._plans[p] = plan
+            self._init_state(group, p)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
+        """Every parameter's state exists from the start (zeros, step 0): a checkpoint template
+        is whole before the first step, and torch.distributed.checkpoint never needs the dummy
+        step it would otherwise run (which would start GaLore's bases from a zero gradient)."""
+        plan, state = self._plans[p], self.state[p]
+        state.clear()
+        if plan.projected:
+            init_state(group, p, plan, state)
+        else:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, p.shape), p.device)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -295,13 +309,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
 
     def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor],
                     inputs: dict[str, Any]) -> None:
-        states = []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                lowbit.init_moments(state, lowbit.layout(group, rule, p, p.shape), p.device)
-            states.append(state)
+        states = [self.state[p] for p in params]
         self._run_rule(group, rule, [p.grad for p in params], states, "step", params, inputs,
                        apply=True)
 

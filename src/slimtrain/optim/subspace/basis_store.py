@@ -43,6 +43,24 @@ def planned_bytes(shape, rank: int, side: str, group) -> int:
             + 2 * 4 * ceil_div(numel, group["projector_group"]))
 
 
+def placeholder(state: dict, shape, rank: int, side: str, group, device) -> None:
+    """Zeros in the place of the basis, before the first refresh (see lifecycle.init_state)."""
+    kind = storage(group)
+    if kind == "seed":
+        state["seed"] = torch.tensor(0, dtype=torch.int64)
+        return
+    bshape = basis_shape(shape, rank, side)
+    if kind == "dense":
+        state["basis"] = torch.zeros(bshape, dtype=torch.float32, device=device)
+        return
+    numel = math.prod(bshape)
+    groups = ceil_div(numel, group["projector_group"])
+    state["basis_codes"] = torch.zeros(packed_bytes(numel, group["projector_bits"]),
+                                       dtype=torch.uint8, device=device)
+    state["basis_scale"] = torch.zeros(groups, dtype=torch.float32, device=device)
+    state["basis_min"] = torch.zeros(groups, dtype=torch.float32, device=device)
+
+
 def store(state: dict, basis: Tensor | None, group, *, seed: int | None = None) -> None:
     kind = storage(group)
     if kind == "seed":

@@ -29,10 +29,15 @@ def current_basis(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
     return basis_store.load(state, p.shape, plan.rank, plan.side, group, p.device)
 
 
-def _first_state(group, p: Tensor, plan: ParamPlan, state: dict, off: int) -> None:
+def init_state(group, p: Tensor, plan: ParamPlan, state: dict, shape=None) -> None:
+    """The complete state of a projected parameter before its first step (zeros; the basis a
+    placeholder until the first refresh): every key exists from the start, so a checkpoint
+    template (torch.distributed.checkpoint) is whole and no dummy step is ever needed.
+    ``shape``: the moments' shape when it is not the global one (a shard)."""
+    off = refresh.offset(group, plan.index, plan.count)
     state["step"] = torch.tensor(0.0, dtype=torch.float32)
     state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
-    shape = projected_shape(p.shape, plan.rank, plan.side)
+    shape = projected_shape(p.shape, plan.rank, plan.side) if shape is None else shape
     lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, shape), p.device)
     if group["limiter"] is not None:
         # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
@@ -40,6 +45,12 @@ def _first_state(group, p: Tensor, plan: ParamPlan, state: dict, off: int) -> No
                                             device=p.device)
     if group["refresh"] == "lazy":
         refresh.lazy_init(state, group, off)
+    basis_store.placeholder(state, p.shape, plan.rank, plan.side, group, p.device)
+
+
+def is_first(state: dict) -> bool:
+    """Whether the parameter has not been updated yet (a skipped step leaves it so)."""
+    return int(state["step"].item()) == 0
 
 
 def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | None,
@@ -67,7 +78,7 @@ def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | N
 
 def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
     """Whether the parameter's next step selects a new basis (always its first step)."""
-    if not state:
+    if is_first(state):
         return True
     off = refresh.offset(group, plan.index, plan.count)
     return refresh.due(group, state, int(state["step"].item()), off)
@@ -79,10 +90,8 @@ def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
     if not refresh_due(group, plan, state):
         return None
     off = refresh.offset(group, plan.index, plan.count)
-    first = not state
-    step = 0 if first else int(state["step"].item())
-    if first:
-        _first_state(group, p, plan, state, off)
+    first = is_first(state)
+    step = int(state["step"].item())
     seed = name_seed(plan.name, step)
     method = group["basis"]
     if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset

@@ -13,7 +13,7 @@ from ..lowbit import storage as lowbit
 from ..rules import get_rule
 from .backmap import apply_update_, reads_full_gradient
 from .geometry import project, projected_shape
-from .lifecycle import current_basis, maybe_refresh, refresh_due
+from .lifecycle import current_basis, is_first, maybe_refresh, refresh_due
 
 if TYPE_CHECKING:
     from ..groups import ParamPlan
@@ -56,9 +56,9 @@ class ProjectedStep:
         low_rank, bases, states, firsts = [], [], [], []
         for p in params:
             plan, state = self._plans[p], self.state[p]
-            firsts.append(not state)
+            firsts.append(is_first(state))
             if p in given:  # accumulated on the current basis, which this step keeps
-                assert state and not reads_full_gradient(group), plan.name
+                assert not reads_full_gradient(group), plan.name
                 R, basis = given[p], current_basis(group, p, plan, state)
             else:
                 R, basis = self._refresh_and_project(group, p, plan, state)
