@@ -34,7 +34,8 @@ from .lowbit import storage as lowbit
 from .rules import get_rule
 from .rules.adam import fused_supported
 from .state_io import STATE_FORMAT, StateIO
-from .subspace.geometry import projected_shape
+from .sharded.context import Shards, local, shards_of
+from .sharded.step import global_sq_norms, part_of
 from .subspace.lifecycle import init_state
 from .subspace.projected import ProjectedStep
 from .targets import translate_galore_keys
@@ -81,6 +82,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
 
     def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]):
         self._plans: dict[Tensor, ParamPlan] = {}
+        self._shards: dict[Tensor, Shards] = {}  # FSDP2 parameters: their place among the ranks
         self._unnamed = 0
         self._warned_no_grad = False
         self.grad_norm: float | None = None  # global L2 norm of the last step's gradients
@@ -125,6 +127,9 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
             self._unnamed += len(names)
         for p, plan in zip(group["params"], plan_group(group, names)):
             self._plans[p] = plan
+            shards = shards_of(p)
+            if shards is not None:
+                self._shards[p] = shards
             self._init_state(group, p)
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> None:
@@ -133,11 +138,12 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         step it would otherwise run (which would start GaLore's bases from a zero gradient)."""
         plan, state = self._plans[p], self.state[p]
         state.clear()
+        mine, whole = self.update_shapes(p)
         if plan.projected:
-            init_state(group, p, plan, state)
+            init_state(group, p, plan, state, shape=mine, whole=whole)
         else:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, p.shape), p.device)
+            lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, mine, whole), p.device)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -164,8 +170,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         """The distinct code paths ``p``'s step can take: its rule's implementations (for-loop,
         foreach, fused), or ("eager", "kernel") for moments kept in low bits."""
         plan, group = self._plans[p], self._group_of()[p]
-        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
-        lay = lowbit.layout(group, plan.rule, p, shape)
+        lay = self._layouts(p, group)[0]
         if not lowbit.native(group, p, lay):
             return ("eager", "kernel") if plan.rule == "adam" else get_rule(plan.rule).implementations
         return get_rule(plan.rule).implementations
@@ -250,7 +255,16 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
 
     def _drop_nonfinite(self, params: list[Tensor], low_rank: dict[Tensor, Tensor]
                         ) -> tuple[list[Tensor], float]:
-        values = _grad_norms([low_rank[p] if p in low_rank else p.grad for p in params])
+        grads = [low_rank[p] if p in low_rank else p.grad for p in params]
+        plain = [i for i, p in enumerate(params) if p not in self._shards]
+        sharded = [i for i, p in enumerate(params) if p in self._shards]
+        values = [0.0] * len(params)
+        for i, v in zip(plain, _grad_norms([local(grads[i]) for i in plain]) if plain else []):
+            values[i] = v
+        squares = global_sq_norms([local(grads[i]) for i in sharded],  # all ranks skip alike
+                                  [self._shards[params[i]] for i in sharded])
+        for i, sq in zip(sharded, squares):
+            values[i] = math.sqrt(sq) if math.isfinite(sq) else math.inf
         keep = [p for p, v in zip(params, values) if math.isfinite(v)]
         self._skipped += len(params) - len(keep)
         if len(keep) < len(params):
@@ -282,24 +296,30 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         ``apply``: the rule updates ``owners`` itself (the unprojected path); otherwise it returns
         (directions, factors)."""
         kernel = get_rule(rule)
-        layouts = [lowbit.layout(group, rule, p, g.shape) for p, g in zip(owners, grads)]
+        layouts = [lowbit.layout(group, rule, p, g.shape, self.update_shapes(p)[1])
+                   for p, g in zip(owners, grads)]
+        targets = [local(p) for p in owners]  # a shard's own storage (the parameter itself)
         low = {i for i, lay in enumerate(layouts) if not lowbit.native(group, owners[i], lay)}
         extra = self._rule_inputs(rule, owners, inputs)
+        if any(p in self._shards for p in owners):  # the rule's reductions span the ranks
+            extra["shards"] = [part_of(self._plans[p], self._shards.get(p), self.update_shapes(p)[1])
+                               for p in owners]
         results = {}
         for i in sorted(low):
-            p = owners[i] if apply else None
+            p = targets[i] if apply else None
             results[i] = lowbit.run_rule_(
                 group, rule, layouts[i], grads[i], states[i], count_key, p,
-                name="" if p is None else self._plans[p].name, impl=_impl(group, [grads[i]], rule),
+                name="" if p is None else self._plans[owners[i]].name,
+                impl=_impl(group, [grads[i]], rule),
                 inputs={k: v[i:i + 1] for k, v in extra.items()})
         idx = [i for i in range(len(grads)) if i not in low]
         if idx:
             moments = [{k: states[i][k] for k in kernel.moment_shapes(grads[i].shape, group)} for i in idx]
             counts = [states[i][count_key] for i in idx]
-            refs = owners if apply else grads
+            refs = targets if apply else grads
             out = kernel.update([grads[i] for i in idx], moments, counts, group,
                                 _impl(group, [refs[i] for i in idx], rule),
-                                params=[owners[i] for i in idx] if apply else None,
+                                params=[targets[i] for i in idx] if apply else None,
                                 inputs={k: [v[i] for i in idx] for k, v in extra.items()})
             if not apply:
                 results.update({i: (d, f) for i, d, f in zip(idx, *out)})
@@ -310,13 +330,12 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
     def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor],
                     inputs: dict[str, Any]) -> None:
         states = [self.state[p] for p in params]
-        self._run_rule(group, rule, [p.grad for p in params], states, "step", params, inputs,
+        self._run_rule(group, rule, [local(p.grad) for p in params], states, "step", params, inputs,
                        apply=True)
 
     def moment(self, p: Tensor, key: str) -> Tensor:
         """Moment ``key`` of ``p`` (e.g. "exp_avg") as a float32 tensor in its logical shape —
         dequantized when it is stored in low bits."""
-        plan, group = self._plans[p], self._group_of()[p]
-        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
-        storage, moment_shape = lowbit.layout(group, plan.rule, p, shape)[key]
+        group = self._group_of()[p]
+        storage, moment_shape = self._layouts(p, group)[0][key]
         return lowbit.load_moment(self.state[p], key, storage, moment_shape)

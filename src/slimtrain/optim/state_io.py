@@ -18,8 +18,9 @@ from torch import Tensor
 
 from .lowbit import storage as lowbit
 from .lowbit.codec import swap_nibbles
+from .sharded.context import chunk_range
+from .sharded.step import as_dtensor, placement_of, update_shapes
 from .subspace import basis_store, refresh
-from .subspace.geometry import projected_shape
 
 STATE_FORMAT = 2
 # format 1 group keys → format 2, per rule
@@ -32,6 +33,7 @@ DEFINING = ("rule", "backmap", "residual", "basis", "refresh", "switch", "side",
 _V1_RULE_KEYS = ("betas", "eps", "eps_mode", "adafactor_beta1", "factored_eps", "decay_rate",
                  "clip_threshold", "natural_history", "natural_damping")
 _COUNTER = 4  # float32 step counters
+_MARK = "slimtrain_state"  # [format, recipe, grad_norm] in each saved group
 
 
 def _elem_bytes(dtype: torch.dtype) -> int:
@@ -42,6 +44,16 @@ class StateIO:
     def _group_of(self) -> dict[Tensor, dict[str, Any]]:
         return {p: g for g in self.param_groups for p in g["params"]}
 
+    def update_shapes(self, p: Tensor) -> tuple[tuple, tuple]:
+        """(this rank's update shape, the whole update's) — the same without sharding."""
+        return update_shapes(p.shape, self._plans[p], self._shards.get(p))
+
+    def _layouts(self, p: Tensor, group: dict[str, Any]):
+        """(this rank's moment layout, the whole tensor's)."""
+        mine, whole = self.update_shapes(p)
+        rule = self._plans[p].rule
+        return (lowbit.layout(group, rule, p, mine, whole), lowbit.layout(group, rule, p, whole))
+
     def planned_state_bytes(self) -> dict[str, int]:
         """Optimizer-state bytes this optimizer will hold once every parameter has stepped,
         from shapes alone (works on meta tensors): {"states": …, "projectors": …}."""
@@ -49,8 +61,7 @@ class StateIO:
         for group in self.param_groups:
             for p in group["params"]:
                 plan = self._plans[p]
-                shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else p.shape
-                states += lowbit.moment_bytes(lowbit.layout(group, plan.rule, p, tuple(shape)))
+                states += lowbit.moment_bytes(self._layouts(p, group)[0])  # this rank's share
                 if plan.projected:
                     states += 2 * _COUNTER + refresh.lazy_bytes(group)
                     if group["limiter"] is not None:
@@ -75,13 +86,19 @@ class StateIO:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        if self._shards:  # sharded parameters: their state as DTensors (DCP saves and reshards)
+            sd["state"] = self._as_dtensors(sd["state"])
         sd["format_version"] = STATE_FORMAT
         sd["recipe"] = type(self).__name__  # checked on load, with each group's DEFINING keys
         # the last step's gradient norm: layer-wise clipping scales the next step by it
         sd["grad_norm"] = self.grad_norm
+        # also in every group: torch.distributed.checkpoint keeps only "state" and "param_groups"
+        sd["param_groups"] = [{**g, _MARK: [STATE_FORMAT, sd["recipe"], self.grad_norm]}
+                              for g in sd["param_groups"]]
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = _unmarked(state_dict)
         version = state_dict.get("format_version")
         if version is None:
             raise ValueError("this optimizer state was not written by slimtrain (no 'format_version'); "
@@ -106,6 +123,7 @@ class StateIO:
             restored = {}
             for key, value in saved_state[param_id].items():
                 if isinstance(value, Tensor):
+                    value = _plain(value, sharded=p in self._shards)
                     on_cpu = key.endswith("step") or key == "seed" or key.startswith(("refresh_", "next_"))
                     value = value.detach().to(device="cpu" if on_cpu else p.device, copy=True)
                 restored[key] = value
@@ -135,10 +153,38 @@ class StateIO:
                                      f"param group {i}, but this optimizer has {key}="
                                      f"{group.get(key)!r}: build the optimizer as it was saved")
 
+    def _as_dtensors(self, state: dict) -> dict:
+        """The state of sharded parameters with each tensor a DTensor on its parameter's mesh,
+        sharing storage with ours: moments sharded as the update is (``sharded/step.py``), the
+        rest replicated. Quantized blocks must not straddle a shard: refused otherwise."""
+        ids = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        groups = self._group_of()
+        out = dict(state)
+        for p, shards in self._shards.items():
+            if ids[p] not in state:
+                continue
+            mine, whole = (lowbit.stored_shapes(lay) for lay in self._layouts(p, groups[p]))
+            entry = {}
+            for key, value in state[ids[p]].items():
+                if not isinstance(value, Tensor) or key not in mine:
+                    entry[key] = value if not isinstance(value, Tensor) or value.dim() == 0 \
+                        else as_dtensor(value, shards, None, tuple(value.shape))
+                    continue
+                dim = placement_of(mine[key], whole[key])
+                if dim is not None:
+                    start, end = chunk_range(whole[key][dim], shards.world, shards.rank)
+                    if end - start != mine[key][dim]:
+                        raise ValueError(
+                            f"the {key} of {self._plans[p].name} cannot be saved as a sharded "
+                            "DTensor: this rank's shard is not a whole number of quantization "
+                            "blocks; pick a world size that cuts the rows into whole blocks")
+                entry[key] = as_dtensor(value, shards, dim, whole[key])
+            out[ids[p]] = entry
+        return out
+
     def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         plan = self._plans[p]
-        shape = projected_shape(p.shape, plan.rank, plan.side) if plan.projected else tuple(p.shape)
-        expected = lowbit.stored_shapes(lowbit.layout(group, plan.rule, p, shape))
+        expected = lowbit.stored_shapes(self._layouts(p, group)[0])
         if plan.projected:
             expected.update(basis_store.expected_shapes(p.shape, plan.rank, plan.side, group))
         for key, shape in expected.items():
@@ -174,3 +220,28 @@ def _from_format_1(state_dict: dict[str, Any]) -> dict[str, Any]:
                 if i in state and "basis_codes" in state[i]:
                     state[i] = {**state[i], "basis_codes": swap_nibbles(state[i]["basis_codes"])}
     return {**state_dict, "param_groups": groups, "state": state}
+
+
+def _plain(value: Tensor, sharded: bool) -> Tensor:
+    """A loaded state tensor as this rank keeps it: a DTensor's local part (a sharded parameter)
+    or its whole value (an ordinary one, e.g. a state saved on several ranks loaded on one)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(value, DTensor):
+        return value
+    return value.to_local() if sharded else value.full_tensor()
+
+
+def _unmarked(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The format, recipe and norm from the groups when the top level lost them (a state that went
+    through torch.distributed.checkpoint), and the groups without the mark."""
+    groups = state_dict.get("param_groups", [])
+    marks = [g[_MARK] for g in groups if _MARK in g]
+    if not marks:
+        return state_dict
+    out = {**state_dict, "param_groups": [{k: v for k, v in g.items() if k != _MARK} for g in groups]}
+    version, recipe, norm = marks[0]
+    out.setdefault("format_version", version)
+    out.setdefault("recipe", recipe)
+    out.setdefault("grad_norm", norm)
+    return out

@@ -97,12 +97,16 @@ def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Stora
 Layout = dict  # moment key → (Storage, moment shape)
 
 
-def layout(group: dict, rule: str, like: Tensor, shape) -> Layout:
+def layout(group: dict, rule: str, like: Tensor, shape, global_shape=None) -> Layout:
     """How each moment of ``rule`` for an update of ``shape`` is stored (``like``: the parameter,
-    or a tensor of its dtype); derived from the group, never stored."""
+    or a tensor of its dtype); derived from the group, never stored. ``global_shape``: the whole
+    update's shape when ``shape`` is a shard's — whether a moment is quantized depends on the
+    whole tensor's size, so every rank (and one process) decides alike."""
     kernel = get_rule(rule)
-    return {key: (_storage(group, like.dtype, math.prod(s), key not in kernel.nonnegative), tuple(s))
-            for key, s in kernel.moment_shapes(tuple(shape), group).items()}
+    moments = kernel.moment_shapes(tuple(shape), group)
+    whole = moments if global_shape is None else kernel.moment_shapes(tuple(global_shape), group)
+    return {key: (_storage(group, like.dtype, math.prod(whole[key]), key not in kernel.nonnegative),
+                  tuple(s)) for key, s in moments.items()}
 
 
 def native(group: dict, like: Tensor, lay: Layout) -> bool:

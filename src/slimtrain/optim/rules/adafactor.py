@@ -58,28 +58,35 @@ class AdafactorRule(Rule):
         return moments
 
     @staticmethod
-    def _factors(g, m, beta2t, eps1):
-        """Update the row/column statistics; return the row and column factors of 1/√V̂."""
-        rows, cols = g.shape
+    def _factors(g, m, beta2t, eps1, part=None):
+        """Update the row/column statistics; return the row and column factors of 1/√V̂.
+        ``part``: g is this rank's rows (dim 0) or columns (dim 1) of a sharded matrix — the
+        statistic summed along the split dimension, and the row mean, span the ranks."""
+        rows, cols = g.shape if part is None else part.whole_shape
         row, col = m["exp_avg_sq_row"], m["exp_avg_sq_col"]
         col_sq = torch.zeros_like(col)
-        for a, b in _row_chunks(rows, cols):
+        for a, b in _row_chunks(*g.shape):
             col_sq.add_(g[a:b].square().sum(dim=0))
         row_sq = torch.linalg.vector_norm(g, dim=-1).square_()
+        if part is not None:
+            part.sum_(col_sq if part.dim == 0 else row_sq)
         row.mul_(beta2t).add_(row_sq.div_(cols).add_(eps1), alpha=1 - beta2t)
         col.mul_(beta2t).add_(col_sq.div_(rows).add_(eps1), alpha=1 - beta2t)
-        return (row / row.mean()).rsqrt_(), col.rsqrt()
+        mean = row.mean() if part is None or part.dim == 1 else part.sum_(row.sum()) / rows
+        return (row / mean).rsqrt_(), col.rsqrt()
 
     @staticmethod
-    def _rms(g, r, c):
+    def _rms(g, r, c, part=None):
         """RMS of g ⊙ r cᵀ without forming it: Σᵢ rᵢ² (gᵢ² · c²)."""
         total = g.new_zeros(())
         c2 = c * c
         for a, b in _row_chunks(*g.shape):
             total += ((g[a:b].square() @ c2) * r[a:b].square()).sum()
+        if part is not None:
+            return (part.sum_(total) / part.numel).sqrt().item()
         return (total / g.numel()).sqrt().item()
 
-    def _one(self, g, m, count, group, param=None):
+    def _one(self, g, m, count, group, param=None, part=None):
         """(direction, factor) — or None after applying the update to ``param`` itself."""
         eps1, clip, beta1 = group["eps"], group["clip_threshold"], group["beta1"]
         count += 1
@@ -88,13 +95,16 @@ class AdafactorRule(Rule):
             v = m["exp_avg_sq"]
             v.mul_(beta2t).addcmul_(g, g, value=1 - beta2t).add_(eps1 * (1 - beta2t))
             u = v.rsqrt().mul_(g)
-            shrink = 1.0 / max(torch.linalg.vector_norm(u).item() / u.numel() ** 0.5 / clip, 1.0)
+            norm = (torch.linalg.vector_norm(u) if part is None
+                    else part.sum_(u.square().sum()).sqrt())
+            numel = u.numel() if part is None else part.numel
+            shrink = 1.0 / max(norm.item() / numel ** 0.5 / clip, 1.0)
             if beta1 is None:
                 return u, shrink
             m["exp_avg"].mul_(beta1).add_(u, alpha=(1 - beta1) * shrink)
             return m["exp_avg"], 1.0
-        r, c = self._factors(g, m, beta2t, eps1)
-        shrink = 1.0 / max(self._rms(g, r, c) / clip, 1.0)
+        r, c = self._factors(g, m, beta2t, eps1, part)
+        shrink = 1.0 / max(self._rms(g, r, c, part) / clip, 1.0)
         target = m.get("exp_avg") if beta1 is not None else param
         if target is None:  # the projected path: a small r×n direction
             return (g * r.unsqueeze(-1)).mul_(c), shrink
@@ -108,16 +118,19 @@ class AdafactorRule(Rule):
         return (target, 1.0) if beta1 is not None else None
 
     def directions(self, grads, moments, counts, group, impl, inputs=None):
-        pairs = [self._one(g, m, c, group) for g, m, c in zip(grads, moments, counts)]
+        parts = (inputs or {}).get("shards") or [None] * len(grads)
+        pairs = [self._one(g, m, c, group, part=part)
+                 for g, m, c, part in zip(grads, moments, counts, parts)]
         return [d for d, _ in pairs], [f for _, f in pairs]
 
     def update(self, grads, moments, counts, group, impl, params=None, inputs=None):
         if params is None:
-            return self.directions(grads, moments, counts, group, impl)
+            return self.directions(grads, moments, counts, group, impl, inputs)
         lr = group["lr"]
-        for p, g, m, c in zip(params, grads, moments, counts):
+        parts = (inputs or {}).get("shards") or [None] * len(grads)
+        for p, g, m, c, part in zip(params, grads, moments, counts, parts):
             decay_([p], lr, group["weight_decay"])  # decay first, then the update (as AdamW)
-            out = self._one(g, m, c, group, param=p)
+            out = self._one(g, m, c, group, param=p, part=part)
             if out is not None:
                 p.add_(out[0].to(p.dtype), alpha=-lr * out[1])
         return None

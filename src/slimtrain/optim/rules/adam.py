@@ -142,13 +142,18 @@ def _multi_tensor(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps
     return denom, [1.0 / b for b in bc1]
 
 
+def _layout(t: Tensor) -> tuple:
+    """The strides that matter: a dimension of size 1 may have any stride without moving data."""
+    return tuple(st for size, st in zip(t.shape, t.stride()) if size != 1)
+
+
 def _fused(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps_mode, params, lr,
            weight_decay):
     if eps_mode != "torch":
         raise ValueError('the fused Adam kernel places eps as torch does; use eps_mode="torch"')
     # The kernel walks every tensor of a call with the same linear index: layouts must agree.
     for g, m in zip(grads, exp_avgs):
-        if g.stride() != m.stride():
+        if _layout(g) != _layout(m):
             raise ValueError("fused Adam needs gradients laid out like their moments; pass "
                              "contiguous gradients or fused=False")
     torch._foreach_add_(steps, 1)

@@ -48,7 +48,8 @@ class NaturalRule(Rule):
             raise AssertionError("the natural rule runs on projected updates only")
         damping = group["damping"]
         natural = []
-        for g, m, count in zip(grads, moments, counts):
+        parts = (inputs or {}).get("shards") or [None] * len(grads)
+        for g, m, count, part in zip(grads, moments, counts, parts):
             history = m["history"]
             s = history.shape[0]
             seen = int(count.item())  # steps already in the history (counts is incremented by Adam)
@@ -56,9 +57,12 @@ class NaturalRule(Rule):
             H = history[: min(seen + 1, s)].reshape(min(seen + 1, s), -1)
             flat = g.reshape(-1)
             # The s×s system in float64: HHᵀ spans many orders of magnitude when λ is small.
-            system = (H @ H.t()).double().mul_(damping)
+            gram, proj = H @ H.t(), H @ flat
+            if part is not None:  # g is this rank's part of R: the sums run over every rank
+                gram, proj = part.sum_(gram), part.sum_(proj)
+            system = gram.double().mul_(damping)
             system.diagonal().add_(damping * damping)
-            rhs = (H @ flat).double().unsqueeze(1)
+            rhs = proj.double().unsqueeze(1)
             y = torch.cholesky_solve(rhs, torch.linalg.cholesky(system)).to(g.dtype).squeeze(1)
             natural.append((flat / damping - H.t() @ y).reshape(g.shape))
         return ADAM.update(natural, moments, counts, group, impl)

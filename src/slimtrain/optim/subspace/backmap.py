@@ -33,11 +33,24 @@ RESIDUALS = ("none", "fira", "sign", "sgd")
 _TINY = 1e-8  # the references' guard in every norm ratio and in the limiter
 
 
-def norm_ratio(D: Tensor, R: Tensor, side: str, per: str) -> Tensor:
+def _norm(x: Tensor, shards=None, dim: int | None = None) -> Tensor:
+    """``vector_norm``; with ``shards`` (x is this rank's rows of a row-sharded tensor) the norm
+    over every rank's rows — one all-reduce of the squares (a scalar, or a vector for ``dim=0``)."""
+    if shards is None:
+        return torch.linalg.vector_norm(x) if dim is None else torch.linalg.vector_norm(x, dim=dim)
+    if dim is None:
+        return shards.all_reduce_(x.square().sum()).sqrt()
+    if dim == 0:
+        return shards.all_reduce_(x.square().sum(dim=0)).sqrt()
+    return torch.linalg.vector_norm(x, dim=dim)  # along the local rows: no communication
+
+
+def norm_ratio(D: Tensor, R: Tensor, side: str, per: str, shards=None) -> Tensor:
     """‖D‖/(‖R‖ + 1e-8) per channel of the non-projected side (shaped to broadcast over G), or a
-    0-d tensor for ``per="tensor"``."""
+    0-d tensor for ``per="tensor"``. ``shards``: D and R are this rank's rows (right projection
+    of a sharded matrix): a channel is a row, local; the tensor norms are summed over the ranks."""
     if per == "tensor":
-        return torch.linalg.vector_norm(D) / (torch.linalg.vector_norm(R) + _TINY)
+        return _norm(D, shards) / (_norm(R, shards) + _TINY)
     dim = 0 if side == "left" else 1
     ratio = torch.linalg.vector_norm(D, dim=dim) / (torch.linalg.vector_norm(R, dim=dim) + _TINY)
     return ratio if side == "left" else ratio.unsqueeze(1)
@@ -62,12 +75,17 @@ def reads_full_gradient(group: dict) -> bool:
 
 
 def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, side: str, *,
-                  group: dict, state: dict, factor: float, step_size: float, first: bool) -> None:
+                  group: dict, state: dict, factor: float, step_size: float, first: bool,
+                  shards=None) -> None:
     """W ← W·(1 − lr·λ) − lr·factor·(back-map of D) − residual, for one projected matrix.
 
     ``step_size`` is the rule's authors' step size for this step (see ``rules.Rule.step_size``);
     ``first`` says whether this is the matrix's first update (the limiter has no previous norm).
+    ``shards``: p and G are this rank's rows of a row-sharded matrix (``sharded/step.py``); then
+    R and D are its rows too (right) or whole (left), and ``basis`` the part that maps to its rows.
+    Norms over G (and over a sharded R, D) are summed over the ranks; channel ratios are local.
     """
+    rd_shards = shards if side == "right" else None  # R and D are row-sharded only on the right
     lr, scale = group["lr"], group["scale"]
     decay = decay_factor(lr, group["weight_decay"])
     step = lr * factor
@@ -77,13 +95,13 @@ def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, sid
     gamma = group["limiter"]
     backmap = group["backmap"]
     if backmap != "project":
-        s = norm_ratio(D, R, side, backmap)
+        s = norm_ratio(D, R, side, backmap, rd_shards)
         if gamma is not None:
             if backmap == "tensor":
-                norm = torch.linalg.vector_norm(G) * s
+                norm = _norm(G, shards) * s
             else:  # ‖G ⊙ s‖ from column (row) norms of G: no m×n temporary
                 dim = 0 if side == "left" else 1
-                norm = torch.linalg.vector_norm(torch.linalg.vector_norm(G, dim=dim) * s.reshape(-1))
+                norm = _norm(_norm(G, shards, dim) * s.reshape(-1), rd_shards)
             s = s / _limit(state, norm, units, gamma, first)
         if decay != 1:
             p.mul_(decay)
@@ -97,7 +115,7 @@ def apply_update_(p: Tensor, G: Tensor, R: Tensor, D: Tensor, basis: Tensor, sid
     if residual == "fira":
         E.mul_(norm_ratio(D, R, side, "channel").to(E.dtype))
         if gamma is not None:
-            E.div_(_limit(state, torch.linalg.vector_norm(E), units, gamma, first).to(E.dtype))
+            E.div_(_limit(state, _norm(E, shards), units, gamma, first).to(E.dtype))
         p.add_(E, alpha=-magnitude)
         return
     if residual == "sign":

@@ -8,6 +8,7 @@ scalars; the rule's counter restarts when the moments are reset), the rule's mom
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 from ..._warnings import warn
 from ..lowbit import storage as lowbit
 from ..rules import get_rule
+from ..sharded.finder import sharded_select_basis
 from ..util import name_seed
 from . import basis_store, refresh
 from .geometry import projected_shape, reproject_moments_
@@ -29,16 +31,16 @@ def current_basis(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
     return basis_store.load(state, p.shape, plan.rank, plan.side, group, p.device)
 
 
-def init_state(group, p: Tensor, plan: ParamPlan, state: dict, shape=None) -> None:
+def init_state(group, p: Tensor, plan: ParamPlan, state: dict, shape=None, whole=None) -> None:
     """The complete state of a projected parameter before its first step (zeros; the basis a
     placeholder until the first refresh): every key exists from the start, so a checkpoint
     template (torch.distributed.checkpoint) is whole and no dummy step is ever needed.
-    ``shape``: the moments' shape when it is not the global one (a shard)."""
+    ``shape``, ``whole``: this rank's update shape and the whole update's (a shard's differ)."""
     off = refresh.offset(group, plan.index, plan.count)
     state["step"] = torch.tensor(0.0, dtype=torch.float32)
     state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
     shape = projected_shape(p.shape, plan.rank, plan.side) if shape is None else shape
-    lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, shape), p.device)
+    lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, shape, whole), p.device)
     if group["limiter"] is not None:
         # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
         state["limiter_norm"] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
@@ -54,10 +56,12 @@ def is_first(state: dict) -> bool:
 
 
 def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | None,
-            basis: Tensor | None) -> None:
-    """Apply the switch policy to the moments at a basis change."""
+            basis: Tensor | None, shapes=None) -> None:
+    """Apply the switch policy to the moments at a basis change. Moments of a shard (its rows,
+    or its columns on the left) carry over with the r×r overlap alone: no communication."""
     rule = get_rule(plan.rule)
-    layout = lowbit.layout(group, plan.rule, p, projected_shape(p.shape, plan.rank, plan.side))
+    mine, whole = shapes or (projected_shape(p.shape, plan.rank, plan.side),) * 2
+    layout = lowbit.layout(group, plan.rule, p, mine, whole)
     if group["switch"] == "reset":
         for key in lowbit.stored_shapes(layout):  # zero codes with zero scales are zero moments
             state[key].zero_()
@@ -84,9 +88,13 @@ def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
     return refresh.due(group, state, int(state["step"].item()), off)
 
 
-def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict) -> Tensor | None:
+def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict, *,
+                  grad: Tensor | None = None, shards=None, shapes=None) -> Tensor | None:
     """Recompute the basis when due; returns the gradient projected on the new basis when the
-    selector produced it as a by-product, else None."""
+    selector produced it as a by-product, else None. ``shards``: ``grad`` is this rank's rows of
+    a row-sharded gradient (the refresh runs ``sharded/finder.py``; ``shapes`` as for
+    ``init_state``)."""
+    grad = p.grad if grad is None else grad
     if not refresh_due(group, plan, state):
         return None
     off = refresh.offset(group, plan.index, plan.count)
@@ -97,14 +105,16 @@ def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
     if method == "gaussian":  # nothing to compare or carry over: a new seed, and maybe a reset
         basis_store.store(state, None, group, seed=seed)
         if not first and group["switch"] == "reset":
-            _switch(group, p, plan, state, None, None)
+            _switch(group, p, plan, state, None, None, shapes)
         return None
     previous = None if first else current_basis(group, p, plan, state)
     generator = torch.Generator().manual_seed(seed)
     projected = None
     try:
-        basis, projected = select_basis(
-            p.grad, plan.rank, plan.side, method, previous=previous,
+        select = select_basis if shards is None else functools.partial(sharded_select_basis,
+                                                                        shards=shards)
+        basis, projected = select(
+            grad, plan.rank, plan.side, method, previous=previous,
             power_iters=group["power_iters"], oversample=group["oversample"], generator=generator,
             refresh_index=refresh.refresh_index(group, step, off))
         if not torch.isfinite(basis).all():
@@ -126,7 +136,7 @@ def maybe_refresh(group: dict[str, Any], p: Tensor, plan: ParamPlan, state: dict
         basis = current_basis(group, p, plan, state)  # project with what is stored
         projected = None
     if previous is not None:
-        _switch(group, p, plan, state, previous, basis)
+        _switch(group, p, plan, state, previous, basis, shapes)
     if group["refresh"] == "lazy":
         sim = None if previous is None else refresh.similarity(basis, previous, plan.side)
         refresh.lazy_after_refresh(state, group, step, sim)

@@ -11,6 +11,8 @@ from torch import Tensor
 
 from ..lowbit import storage as lowbit
 from ..rules import get_rule
+from ..sharded import step as sharded
+from ..sharded.context import local
 from .backmap import apply_update_, reads_full_gradient
 from .geometry import project, projected_shape
 from .lifecycle import current_basis, is_first, maybe_refresh, refresh_due
@@ -53,32 +55,38 @@ class ProjectedStep:
     def _step_projected_chunk(self, group: dict[str, Any], params: list[Tensor],
                               given: dict[Tensor, Tensor], inputs: dict[str, Any]) -> None:
         rule = group["rule"]
-        low_rank, bases, states, firsts = [], [], [], []
+        whole_R, low_rank, bases, states, firsts = [], [], [], [], []
         for p in params:
-            plan, state = self._plans[p], self.state[p]
+            plan, state, shards = self._plans[p], self.state[p], self._shards.get(p)
             firsts.append(is_first(state))
             if p in given:  # accumulated on the current basis, which this step keeps
                 assert not reads_full_gradient(group), plan.name
                 R, basis = given[p], current_basis(group, p, plan, state)
             else:
                 R, basis = self._refresh_and_project(group, p, plan, state)
-            low_rank.append(R)
+            whole_R.append(R)  # a shard's rows (right) or the whole R (left)
+            low_rank.append(R if shards is None else sharded.rule_part(R, plan.side, shards))
             bases.append(basis)
             states.append(state)
         directions, factors = self._run_rule(group, rule, low_rank, states, "moment_step", params,
                                              inputs, apply=False)
         kernel = get_rule(rule)
-        for p, state, R, D, f, basis, first in zip(params, states, low_rank, directions, factors,
+        for p, state, R, D, f, basis, first in zip(params, states, whole_R, directions, factors,
                                                     bases, firsts):
             state["step"] += 1
+            plan, shards = self._plans[p], self._shards.get(p)
+            weights, G = local(p), local(p.grad)
+            if shards is not None:
+                D = sharded.whole_direction(D, plan.side, shards, R.shape[1])
+                basis = sharded.basis_rows(basis, plan.side, shards)
             # low-bit moments give a float32 direction: update a float32 copy of a bf16 weight,
             # then round it back (stochastically with ``stochastic_rounding``)
-            target = p if D.dtype == p.dtype else p.to(D.dtype)
-            apply_update_(target, p.grad, R, D, basis, self._plans[p].side, group=group, state=state,
-                          factor=f, step_size=kernel.step_size(state["moment_step"].item(), group),
-                          first=first)
-            if target is not p:
-                lowbit.write_rounded_(group, p, target, self._plans[p].name, state["step"])
+            target = weights if D.dtype == weights.dtype else weights.to(D.dtype)
+            apply_update_(target, G, R, D, basis, plan.side, group=group, state=state, factor=f,
+                          step_size=kernel.step_size(state["moment_step"].item(), group),
+                          first=first, shards=shards)
+            if target is not weights:
+                lowbit.write_rounded_(group, weights, target, plan.name, state["step"])
 
     # ------------------------------------------------------------------ layer-wise seam
     # layerwise/ steps one parameter at a time from its gradient hook; across micro-batches it
@@ -106,8 +114,13 @@ class ProjectedStep:
     def _refresh_and_project(self, group, p: Tensor, plan: ParamPlan, state: dict
                              ) -> tuple[Tensor, Tensor]:
         """(R, basis): refresh when due, then ``p.grad`` projected on the current basis."""
-        fresh = maybe_refresh(group, p, plan, state)  # projection for free, if it ran
+        shards = self._shards.get(p)
+        grad = local(p.grad)
+        fresh = maybe_refresh(group, p, plan, state, grad=grad, shards=shards,  # R for free, if so
+                              shapes=self.update_shapes(p))
         basis = current_basis(group, p, plan, state)
         if fresh is not None:
-            return fresh.to(p.grad.dtype).contiguous(), basis
-        return project(p.grad, basis, plan.side), basis
+            return fresh.to(grad.dtype).contiguous(), basis
+        if shards is not None:
+            return sharded.project(grad, basis, plan.side, shards), basis
+        return project(grad, basis, plan.side), basis

@@ -51,6 +51,64 @@ def _orthonormal(Y: Tensor) -> Tensor:
     return torch.linalg.qr(Y, mode="reduced")[0]
 
 
+class LocalMatrix:
+    """The operations the range finder needs on A (the matrix whose left basis it finds), for A
+    held whole in this process. ``sharded/finder.py`` has the same operations for a matrix whose
+    rows or columns are spread over ranks, so that both run one copy of the algorithm."""
+
+    def __init__(self, A: Tensor):
+        self.A, self.shape, self.device = A, tuple(A.shape), A.device
+
+    def mul(self, X: Tensor) -> Tensor:          # A X
+        return self.A @ X
+
+    def tmul(self, Y: Tensor) -> Tensor:         # Aᵀ Y
+        return self.A.t() @ Y
+
+    def orth_range(self, Y: Tensor) -> Tensor:   # orthonormal columns spanning Y (A's rows)
+        return _orthonormal(Y)
+
+    def orth_domain(self, Z: Tensor) -> Tensor:  # the same for a Z indexed by A's columns
+        return _orthonormal(Z)
+
+    def restrict(self, Q: Tensor) -> Tensor:     # B = Qᵀ A
+        return Q.t() @ self.A
+
+    def gram(self, B: Tensor) -> Tensor:         # B Bᵀ
+        return B @ B.t()
+
+
+def randomized_range(op, rank: int, *, previous: Tensor | None, power_iters: int, oversample: int,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(left basis of A, basisᵀ A) by randomized range finding (Halko et al., Alg. 4.4) through
+    ``op`` (``LocalMatrix`` or a sharded one); ``previous`` (rows of A × rank) warm-starts it."""
+    m, n = op.shape
+    k = min(rank + oversample, m, n)
+
+    def gaussian(rows: int, cols: int) -> Tensor:
+        return torch.randn(rows, cols, generator=generator, dtype=torch.float32).to(op.device)
+
+    if previous is not None:
+        start = previous.float()
+        if k > rank:
+            start = torch.cat([start, gaussian(m, k - rank)], dim=1)
+        Y = op.mul(op.tmul(start))  # the warm start already counts as one power iteration
+        iters = max(power_iters - 1, 0)
+    else:
+        Y = op.mul(gaussian(n, k))
+        iters = power_iters
+    for _ in range(iters):
+        Z = op.orth_domain(op.tmul(op.orth_range(Y)))
+        Y = op.mul(Z)
+    Q = op.orth_range(Y)
+    B = op.restrict(Q)  # k×n: A restricted to the found range
+    # The left singular vectors of the small B from the eigenvectors of B Bᵀ (k×k, in float64):
+    # 10× cheaper than an SVD of B, and precise enough to order the directions.
+    _, vectors = torch.linalg.eigh(op.gram(B).double())
+    Ub = vectors.flip(-1)[:, :rank].to(B.dtype)
+    return Q @ Ub, Ub.t() @ B  # basisᵀ A, without another pass over A
+
+
 def randomized_svd_basis(
     G: Tensor,
     rank: int,
@@ -70,32 +128,14 @@ def randomized_svd_basis(
     """
     A = G.float() if side == "left" else G.float().t()  # find a left basis of A
     previous = None if previous is None else (previous if side == "left" else previous.t())
-    m, n = A.shape
-    k = min(rank + oversample, m, n)
+    basis, projected = randomized_range(LocalMatrix(A), rank, previous=previous,
+                                        power_iters=power_iters, oversample=oversample,
+                                        generator=generator)
+    return orient(basis, projected, side)
 
-    def gaussian(rows: int, cols: int) -> Tensor:
-        return torch.randn(rows, cols, generator=generator, dtype=torch.float32).to(A.device)
 
-    if previous is not None:
-        start = previous.float()
-        if k > rank:
-            start = torch.cat([start, gaussian(m, k - rank)], dim=1)
-        Y = A @ (A.t() @ start)  # the warm start already counts as one power iteration
-        iters = max(power_iters - 1, 0)
-    else:
-        Y = A @ gaussian(n, k)
-        iters = power_iters
-    for _ in range(iters):
-        Z = _orthonormal(A.t() @ _orthonormal(Y))
-        Y = A @ Z
-    Q = _orthonormal(Y)
-    B = Q.t() @ A  # k×n: A restricted to the found range
-    # The left singular vectors of the small B from the eigenvectors of B Bᵀ (k×k, in float64):
-    # 10× cheaper than an SVD of B, and precise enough to order the directions.
-    _, vectors = torch.linalg.eigh((B @ B.t()).double())
-    Ub = vectors.flip(-1)[:, :rank].to(B.dtype)
-    basis = Q @ Ub
-    projected = Ub.t() @ B  # basisᵀ A, without another pass over A
+def orient(basis: Tensor, projected: Tensor, side: str) -> tuple[Tensor, Tensor]:
+    """A left basis of A and basisᵀ A, in the orientation of ``side`` (right: A = Gᵀ)."""
     if side == "left":
         return basis.contiguous(), projected
     return basis.t().contiguous(), projected.t().contiguous()

@@ -1,0 +1,74 @@
+"""The bytes a sharded optimizer step communicates, from shapes alone (the planner prints them;
+``tests/optim/test_fsdp.py`` checks them against the counted collectives).
+
+An ordinary step (no refresh) moves, per the conventions of ``context.COMM``:
+
+* the non-finite check: one float64 per parameter (its norm², all-reduced);
+* a left-projected matrix (m < n): R = Σ P_kᵀG_k all-reduced (r·n) and the direction gathered
+  (r · W·⌈n/W⌉, the padded all-gather) — a right-projected one nothing;
+* APOLLO's tensor scale on a right-projected matrix: ‖D‖ and ‖R‖ (2 scalars); a norm-growth
+  limiter: one scalar, or for APOLLO's channel scale on the left the n column norms;
+* Adafactor's statistics: the sum along the split dimension (n, or r on the left), the row mean
+  and the RMS; the natural rule: its s×s Gram matrix and s projections.
+
+The naive alternative — replicating each projected gradient before its step, as a DTensor does
+for an unsupported operation — moves m·n per projected matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..rules import get_rule
+from ..subspace.geometry import projected_shape
+
+
+def _elem(p) -> int:
+    return p.element_size()
+
+
+def step_bytes(optimizer, world: int) -> dict[str, int]:
+    """{"ordinary": bytes of an ordinary step, "naive": bytes of replicating every projected
+    gradient} for ``optimizer``'s parameters sharded by rows over ``world`` ranks."""
+    ordinary = naive = 0
+    for group in optimizer.param_groups:
+        params = group["params"]
+        if group["check_finite"]:
+            ordinary += 8 * len(params)
+        for p in params:
+            plan = optimizer.plan_of(p)
+            rule = get_rule(plan.rule)
+            if not plan.projected:
+                ordinary += _rule_stats(rule, group, tuple(p.shape), dim=0, elem=4)
+                continue
+            m, n = p.shape
+            naive += m * n * _elem(p)
+            r = plan.rank
+            shape = projected_shape(p.shape, r, plan.side)
+            if plan.side == "left":
+                ordinary += r * n * _elem(p) + r * world * -(-n // world) * 4
+            if group["backmap"] == "tensor" and plan.side == "right":
+                ordinary += 2 * 4
+            if group["limiter"] is not None:
+                channel_left = group["backmap"] == "channel" and plan.side == "left"
+                ordinary += n * 4 if channel_left else 4
+            ordinary += _rule_stats(rule, group, shape, dim=1 if plan.side == "left" else 0, elem=4)
+    return {"ordinary": ordinary, "naive": naive}
+
+
+def _rule_stats(rule, group, shape, dim: int, elem: int) -> int:
+    """Bytes of a rule's own reductions for a tensor of (whole) ``shape`` split along ``dim``."""
+    if rule.name == "adafactor":
+        if len(shape) < 2:
+            return elem  # the update's norm
+        along = shape[1] if dim == 0 else shape[0]  # the statistic summed over the split rows
+        return along * elem + (elem if dim == 0 else 0) + elem  # + the row mean + the RMS
+    if rule.name == "natural":
+        s = group["history"]
+        return s * s * elem + s * elem
+    return 0
+
+
+def naive_ratio(optimizer, world: int) -> float:
+    counted = step_bytes(optimizer, world)
+    return counted["ordinary"] / counted["naive"] if counted["naive"] else math.nan
