@@ -86,14 +86,19 @@ def fixed_grads(step: int, net) -> dict:
     return {n: torch.randn(p.shape, generator=g) * 1e-2 for n, p in net.named_parameters()}
 
 
-def train(name: str, rank: int | None, same_grads: bool = False) -> dict:
+def train(name: str, rank: int | None, same_grads: bool = False, ddp: bool = False) -> dict:
     """rank None: one process on the whole global batch. ``same_grads``: every step's gradient
     is ``fixed_grads`` (sharded under FSDP), so the optimizers' arithmetic alone is compared —
     not FSDP's reduction order, whose last-bit differences Adam's first steps amplify."""
     from slimtrain.optim.sharded.context import COMM
 
     net = model()
-    if rank is not None:
+    wrapped = net
+    if rank is not None and ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(net)  # the optimizer is built on the unwrapped model
+    elif rank is not None:
         from torch.distributed.fsdp import fully_shard
 
         for layer in net.model.layers:
@@ -116,7 +121,7 @@ def train(name: str, rank: int | None, same_grads: bool = False) -> dict:
             if rank is not None:
                 half = GLOBAL_BATCH // WORLD
                 ids = ids[rank * half:(rank + 1) * half]
-            loss = net(input_ids=ids, labels=ids).loss
+            loss = wrapped(input_ids=ids, labels=ids).loss
             loss.backward()
             loss = loss.detach().clone()
             if rank is not None:  # the global batch's loss: the mean of the halves' means
@@ -156,6 +161,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         for name in RECIPES:
             for same in (False, True):
                 results[name, same] = train(name, rank, same_grads=same)
+            results[name, "ddp"] = train(name, rank, ddp=True)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
         dist.barrier()
     finally:
@@ -286,3 +292,37 @@ def load_on_one_process(name: str, out_dir: str) -> dict:
     loaded = whole_state(opt)
     run_steps(net, opt, SAVE_AT, STEPS, sharded=False)
     return {"loaded_state": loaded, "resumed": whole(net)}
+
+
+# ------------------------------------------------------------------ layer-wise updates on FSDP2
+FUSED_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira", "galore-adafactor"]
+
+
+def layerwise(name: str, rank: int, fused: bool, grad_accum: int) -> dict:
+    net = sharded_model()
+    opt = optimizer(name, net)
+    handle = so.fuse_backward(net, opt, grad_accum=grad_accum) if fused else None
+    half = GLOBAL_BATCH // WORLD
+    for step in range(6):
+        for micro in range(grad_accum):
+            ids = batch(10 * step + micro)[rank * half:(rank + 1) * half]
+            (net(input_ids=ids, labels=ids).loss / grad_accum).backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.step()
+        opt.zero_grad()
+    return {"weights": whole(net), "norm": opt.grad_norm,
+            "live": None if handle is None else handle.accumulator_bytes()}
+
+
+def layerwise_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    try:
+        results = {(name, fused, accum): layerwise(name, rank, fused, accum)
+                   for name in FUSED_RECIPES for fused in (False, True) for accum in (1, 2)}
+        torch.save(results, f"{out_dir}/fused-rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -160,6 +160,10 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         """How ``p`` is handled (its name, rank or None, rule, projection side)."""
         return self._plans[p]
 
+    def shards_of(self, p: Tensor) -> Shards | None:
+        """Where an FSDP2 parameter's shard sits among the ranks (None: an ordinary tensor)."""
+        return self._shards.get(p)
+
     @property
     def step_inputs(self) -> frozenset[str]:
         """The extra inputs the rules of this optimizer read from ``step(**inputs)``."""

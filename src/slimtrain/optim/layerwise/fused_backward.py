@@ -11,7 +11,8 @@ from torch import Tensor
 
 from ..._warnings import warn
 from ..config import check_value
-from .norms import clip_coefficient, global_norm, norm
+from ..sharded.context import local
+from .norms import clip_coefficient, global_norm, norm, sharded_norms
 
 ACCUMULATE = ("subspace", "full")
 REFRESH_FROM = ("accumulated", "first")
@@ -65,6 +66,8 @@ class FusedBackward:
         self._tracked: set[Tensor] = set()
         self._handles = []
         self._model_order = self._check_model(model)  # before DDP gets a hook it cannot drop
+        self._sharded = {p: optimizer.shards_of(p) for p in self._order()
+                         if optimizer.shards_of(p) is not None}  # FSDP2 parameters
         self._ddp = ddp.attach(model, self)
         for p in self._order():
             self._track(p)
@@ -94,7 +97,6 @@ class FusedBackward:
 
     def _check_model(self, model: torch.nn.Module) -> list[Tensor]:
         """The model's trainable parameters in its order, after checking them against ours."""
-        from torch.distributed.tensor import DTensor
         from torch.nn.parallel import DistributedDataParallel
 
         ours = set(self._order())
@@ -103,9 +105,6 @@ class FusedBackward:
             raise ValueError(f"layer-wise updates cannot hand step() inputs ({', '.join(sorted(needs))}) "
                              "to the rules that read them: they update inside backward; train "
                              "without fuse_backward")
-        if any(isinstance(p, DTensor) for p in ours):
-            raise ValueError("layer-wise updates of sharded (DTensor / FSDP2) parameters are not "
-                             "supported yet; use DDP or a single process")
         module = model.module if isinstance(model, DistributedDataParallel) else model
         theirs = [p for p in module.parameters() if p.requires_grad]
         if theirs and not any(p in ours for p in theirs):
@@ -161,6 +160,8 @@ class FusedBackward:
         opt = self.optimizer
         if self.grad_accum == 1 or self.accumulate == "full" or not opt.takes_low_rank(group, p):
             return False
+        if opt.shards_of(p) is not None:  # FSDP2 accumulates the sharded gradient itself (1/W)
+            return False
         if not opt.refresh_due(group, p):
             return True
         # A refresh step: from the first micro-batch (refresh_from="first", finite gradient only, so
@@ -194,7 +195,7 @@ class FusedBackward:
         if target is None:  # its .grad was dropped by hand: nothing to apply
             return
         group = self._group(p)
-        self._norms[p] = norm(target)
+        self._norms[p] = norm(local(target))  # a shard's: summed over the ranks in _finish
         self._exact = self._exact and not pending.subspace
         coef = self._coefficient()
         if coef is not None:
@@ -259,7 +260,9 @@ class FusedBackward:
         by_model = [p for p in self._model_order if p in ours]
         known = set(by_model)
         order = by_model + [p for p in order if p not in known]
-        self.grad_norm = global_norm([self._norms[p] for p in order if p in self._norms])
+        plain = [self._norms[p] for p in order if p in self._norms and p not in self._sharded]
+        sharded = [self._norms[p] for p in order if p in self._norms and p in self._sharded]
+        self.grad_norm = global_norm(plain + sharded_norms(sharded, self._sharded))
         self.optimizer.grad_norm = self.grad_norm
         self.grad_norm_exact = self._exact
         self.clip_coef = 1.0 if self._coef is None else self._coef.item()

@@ -30,3 +30,13 @@ def global_norm(norms: list[Tensor]) -> float:
 def clip_coefficient(max_norm: float, previous: float) -> Tensor:
     """min(1, max_norm / (previous + 1e-6)): torch's ``clip_grad_norm_`` factor for a norm."""
     return torch.clamp(max_norm / (torch.tensor(previous, dtype=torch.float32) + CLIP_EPS), max=1.0)
+
+
+def sharded_norms(norms: list[Tensor], shards: dict) -> list[Tensor]:
+    """The norms of FSDP2 parameters' local gradients as one norm over every rank's shards (one
+    all-reduce of their squares): an entry for the global norm."""
+    if not norms:
+        return []
+    group = next(iter(shards.values()))
+    total = group.all_reduce_(torch.stack([n.double() ** 2 for n in norms]).sum())
+    return [total.sqrt()]
