@@ -175,3 +175,17 @@ def test_layerwise_updates_on_fsdp2_equal_ordinary_fsdp2(layerwise_runs, name, a
     for key in ordinary["weights"]:
         assert torch.equal(fused["weights"][key], ordinary["weights"][key]), key
     assert fused["norm"] == pytest.approx(ordinary["norm"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira",
+                                  "galore-adafactor", "q-galore"])
+def test_the_planner_knows_the_state_each_rank_holds(ranks, name):
+    """``plan(..., parallel="fsdp", world_size=2)``: rank 0's optimizer state and projectors, from
+    shapes alone, equal what rank 0 held."""
+    from slimtrain.memory import plan
+
+    config = w.model().config
+    kwargs = {k: v for k, v in w.RECIPES[name].items() if k != "lr"}
+    planned = plan(config, name.split(":")[0], seq_len=w.SEQ, world_size=w.WORLD, parallel="fsdp",
+                   **kwargs)
+    assert planned.optimizer_states + planned.projectors == ranks[0][name, True]["state_bytes"]

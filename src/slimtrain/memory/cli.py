@@ -42,6 +42,11 @@ def plan_command(
     budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: list the recipes "
                                                     "and settings that fit, best first, with their largest batch."),
     top: int = typer.Option(15, help="With --budget: how many settings to list."),
+    world_size: int = typer.Option(1, "--world-size", help="Data-parallel ranks (with --parallel): "
+                                   "the plan is one rank's, --batch-size per rank."),
+    parallel: Optional[str] = typer.Option(None, "--parallel", help="ddp or fsdp (FSDP2 sharding by "
+                                           "rows): weights, gradients, states and communication "
+                                           "per rank."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (integer bytes)."),
     paper: bool = typer.Option(False, "--paper", help="Recompute the GaLore paper's memory tables (weights + "
                                                       "BF16 states) and show them beside the paper's figures."),
@@ -60,6 +65,10 @@ def plan_command(
         return
     if top < 1:
         _fail(f"--top must be at least 1, got {top}")
+    if parallel is None and world_size != 1:
+        _fail("--world-size needs --parallel ddp or --parallel fsdp")
+    if budget is not None and parallel is not None:
+        _fail("--budget plans one process; drop --parallel (or plan each setting with it)")
     try:
         if budget is not None:
             limit = parse_bytes(budget)
@@ -71,7 +80,8 @@ def plan_command(
         result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
                       autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
                       activation_checkpointing=activation_checkpointing,
-                      fused_refresh_from=fused_refresh_from, **kwargs)
+                      fused_refresh_from=fused_refresh_from, world_size=world_size,
+                      parallel=parallel, **kwargs)
     except (ValueError, OSError) as error:  # the planner's and the config's complaints
         _fail(str(error))
         return
@@ -88,6 +98,19 @@ def plan_command(
     table.add_row("[bold]total[/bold]", f"[bold]{result.total / 2**30:.3f}[/bold]",
                   f"[bold]{result.total / 1e9:.3f}[/bold]")
     console.print(table)
+    if parallel is not None:
+        d = result.details
+        if parallel == "fsdp":
+            console.print(f"Per rank of {world_size} (FSDP2, rank 0's shards). Each step: FSDP2 "
+                          f"moves {d['fsdp_comm_bytes_per_step'] / 2**30:.3f} GiB (weights gathered "
+                          f"twice, gradients reduce-scattered); the optimizer "
+                          f"{d['optimizer_comm_bytes_per_step'] / 2**20:.2f} MiB on an ordinary step "
+                          f"(gathering the projected gradients would move "
+                          f"{d['naive_projected_comm_bytes_per_step'] / 2**20:.2f} MiB). Temporaries "
+                          f"include {d['unsharded'] / 2**30:.3f} GiB of layers gathered whole.")
+        else:
+            console.print(f"Per rank of {world_size} (DDP: everything replicated); each step "
+                          f"all-reduces {d['comm_bytes_per_step'] / 2**30:.3f} GiB of gradients.")
     console.print(f"{result.details['parameters'] / 1e6:.1f}M parameters. Activations: the tensors "
                   "transformers' LLaMA saves for backward + logits; temporaries: an upper bound on the "
                   "peak of the backward's loss head or of the optimizer step and subspace refresh.")

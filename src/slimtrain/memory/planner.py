@@ -159,11 +159,13 @@ class _Static:
     refresh_workspace: int
     parameters: int
     settings: dict[str, Any]
+    extra: dict[str, int] = field(default_factory=dict)  # parallel runs: communication, buffers
 
 
 def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fused_backward: bool,
             grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict,
-            fused_refresh_from: str = "accumulated") -> _Static:
+            fused_refresh_from: str = "accumulated", world_size: int = 1,
+            parallel: str | None = None) -> _Static:
     from ..models import model_config
     from ..optim.layerwise import REFRESH_FROM
 
@@ -192,13 +194,21 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
                     activation_checkpointing=activation_checkpointing, **recipe_kwargs)
     if fused_backward and grad_accum > 1:
         settings["fused_refresh_from"] = fused_refresh_from
+    weights = sum(p.numel() for p in meta.parameters()) * elem
+    gradients = _gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum, fused_refresh_from)
+    extra = {}
+    if parallel is not None:
+        from .parallel import per_rank
+
+        settings.update(world_size=world_size, parallel=parallel)
+        weights, gradients, extra = per_rank(meta, optimizer, parallel, world_size, elem,
+                                             fused_backward, gradients)
     return _Static(model=str(model), recipe=recipe, shape=LlamaShape.from_config(config), elem=elem,
-                   weights=sum(p.numel() for p in meta.parameters()) * elem,
-                   gradients=_gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum,
-                                             fused_refresh_from),
-                   states=optimizer.planned_state_bytes(), step_temporaries=step_tmp,
+                   weights=weights, gradients=gradients,
+                   states=optimizer.planned_state_bytes(world_size if parallel == "fsdp" else 1),
+                   step_temporaries=step_tmp + extra.get("unsharded", 0),
                    refresh_workspace=refresh, parameters=sum(p.numel() for p in meta.parameters()),
-                   settings=settings)
+                   settings=settings, extra=extra)
 
 
 def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
@@ -210,7 +220,8 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
                                  checkpointing=st.settings["activation_checkpointing"])
     backward_head = 2 * 4 * batch_size * seq_len * st.shape.vocab
     details = {"parameters": st.parameters, **act, "backward_head": backward_head,
-               "step_temporaries": st.step_temporaries, "refresh_workspace": st.refresh_workspace}
+               "step_temporaries": st.step_temporaries, "refresh_workspace": st.refresh_workspace,
+               **st.extra}
     return MemoryPlan(
         model=st.model, recipe=st.recipe, settings={"batch_size": batch_size, **st.settings},
         weights=st.weights, gradients=st.gradients, optimizer_states=st.states["states"],
@@ -222,16 +233,22 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
 def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 256,
          param_dtype: str | torch.dtype = "float32", autocast: bool = False,
          fused_backward: bool = False, grad_accum: int = 1, activation_checkpointing: bool = False,
-         fused_refresh_from: str = "accumulated", **recipe_kwargs) -> MemoryPlan:
+         fused_refresh_from: str = "accumulated", world_size: int = 1, parallel: str | None = None,
+         **recipe_kwargs) -> MemoryPlan:
     """Plan the memory of training ``model`` (preset name, local HF dir/config.json, or config)
     with ``recipe`` (a registry name; ``recipe_kwargs`` go to it, e.g. ``rank=128``).
-    ``fused_refresh_from`` is ``fuse_backward``'s ``refresh_from``."""
+    ``fused_refresh_from`` is ``fuse_backward``'s ``refresh_from``. ``parallel`` ("ddp" or "fsdp")
+    with ``world_size`` ranks plans one rank (``parallel.py``): ``batch_size`` is per rank."""
+    if parallel not in (None, "ddp", "fsdp"):
+        raise ValueError(f"parallel must be ddp or fsdp (or None for one process), got {parallel!r}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     static = _static(model, recipe, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
                      fused_backward=fused_backward, grad_accum=grad_accum,
                      activation_checkpointing=activation_checkpointing, recipe_kwargs=recipe_kwargs,
-                     fused_refresh_from=fused_refresh_from)
+                     fused_refresh_from=fused_refresh_from, world_size=world_size, parallel=parallel)
     return _with_batch(static, batch_size)
 
 

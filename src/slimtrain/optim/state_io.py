@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .lowbit import storage as lowbit
 from .lowbit.codec import swap_nibbles
-from .sharded.context import chunk_range
+from .sharded.context import chunk_range, planning_shards
 from .sharded.step import as_dtensor, placement_of, update_shapes
 from .subspace import basis_store, refresh
 
@@ -44,24 +44,27 @@ class StateIO:
     def _group_of(self) -> dict[Tensor, dict[str, Any]]:
         return {p: g for g in self.param_groups for p in g["params"]}
 
-    def update_shapes(self, p: Tensor) -> tuple[tuple, tuple]:
-        """(this rank's update shape, the whole update's) — the same without sharding."""
-        return update_shapes(p.shape, self._plans[p], self._shards.get(p))
+    def update_shapes(self, p: Tensor, shards=None) -> tuple[tuple, tuple]:
+        """(this rank's update shape, the whole update's) — the same without sharding.
+        ``shards``: another sharding to plan for (the planner's --world-size)."""
+        return update_shapes(p.shape, self._plans[p], shards or self._shards.get(p))
 
-    def _layouts(self, p: Tensor, group: dict[str, Any]):
+    def _layouts(self, p: Tensor, group: dict[str, Any], shards=None):
         """(this rank's moment layout, the whole tensor's)."""
-        mine, whole = self.update_shapes(p)
+        mine, whole = self.update_shapes(p, shards)
         rule = self._plans[p].rule
         return (lowbit.layout(group, rule, p, mine, whole), lowbit.layout(group, rule, p, whole))
 
-    def planned_state_bytes(self) -> dict[str, int]:
-        """Optimizer-state bytes this optimizer will hold once every parameter has stepped,
-        from shapes alone (works on meta tensors): {"states": …, "projectors": …}."""
+    def planned_state_bytes(self, world: int = 1) -> dict[str, int]:
+        """Optimizer-state bytes this optimizer holds (on this rank), from shapes alone (works on
+        meta tensors): {"states": …, "projectors": …}. ``world`` > 1: what rank 0 (the largest
+        shards) would hold with every parameter sharded by rows over ``world`` ranks (FSDP2)."""
         states = projectors = 0
         for group in self.param_groups:
             for p in group["params"]:
                 plan = self._plans[p]
-                states += lowbit.moment_bytes(self._layouts(p, group)[0])  # this rank's share
+                shards = planning_shards(p, world) if world > 1 else None
+                states += lowbit.moment_bytes(self._layouts(p, group, shards)[0])
                 if plan.projected:
                     states += 2 * _COUNTER + refresh.lazy_bytes(group)
                     if group["limiter"] is not None:

@@ -120,3 +120,9 @@ def local(t: Tensor) -> Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def planning_shards(p: Tensor, world: int) -> Shards:
+    """Rank 0's sharding of ``p`` over ``world`` ranks (the largest chunk), for plans made
+    without a process group."""
+    return Shards(mesh=None, group=None, world=world, rank=0, global_shape=tuple(p.shape))
