@@ -191,8 +191,8 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 
 
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
-DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "fira",
-               "q-galore", "galore-adafactor", "natural-galore", "galore-lion"]
+DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
+               "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion"]
 SAVE_AT = 6
 
 
