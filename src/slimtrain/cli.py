@@ -38,11 +38,14 @@ def _guarded(action: Callable[[], object]) -> None:
     """Run ``action``; user errors become one line on stderr and exit code 2 (no traceback,
     unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130; warnings print as ``warning: …``."""
     from .train import Interrupted
+    from .train.session import JobFailed
 
     previous, warnings.formatwarning = warnings.formatwarning, _cli_warning
     try:
         action()
     except Interrupted as stop:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(130) from None
         typer.echo(f"stopped at step {stop.step}; checkpoint saved in {stop.ckpt}. Continue with "
                    f"--resume {stop.ckpt.parent.parent}", err=True)
         raise typer.Exit(130) from None
@@ -52,8 +55,12 @@ def _guarded(action: Callable[[], object]) -> None:
     except UserError as err:
         if os.environ.get("SLIMTRAIN_DEBUG"):
             raise
+        if getattr(err, "every_rank", True) and os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(2) from None  # rank 0 says what every rank found (a rank's own: it)
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except JobFailed as failed:  # the worker printed why
+        raise typer.Exit(failed.code) from None
     finally:
         warnings.formatwarning = previous
 

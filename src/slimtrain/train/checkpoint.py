@@ -68,8 +68,13 @@ def weights_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
     trainer state, compared after the weights are loaded, so weights and optimizer state of a
     checkpoint are known to belong together (a replaced model.safetensors is caught) — two
     reductions per tensor, no hashing of gigabytes."""
+    return fingerprint_of(dict(model.named_parameters()))
+
+
+def fingerprint_of(tensors: dict) -> dict[str, list[float]]:
+    """``weights_fingerprint`` of named tensors (e.g. a gathered state dict)."""
     return {name: [float(p.detach().double().sum()), float(p.detach().double().abs().sum())]
-            for name, p in model.named_parameters()}
+            for name, p in tensors.items()}
 
 
 def _same_fingerprint(a: dict, b: dict) -> bool:
@@ -178,16 +183,24 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
                         "checkpoint, or start a new run")
 
 
-def check_belongs(ckpt: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """The loaded weights are the ones the trainer state was written with, and the optimizer state
-    is finite (checked before anything is trained on them)."""
+def check_weights_belong(ckpt: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """The loaded weights (of the whole model, before any sharding) are the ones the trainer state
+    was written with."""
     saved = state.get("weights")
     if saved is not None and not _same_fingerprint(saved, weights_fingerprint(model)):
         raise UserError(f"checkpoint {ckpt}: {WEIGHTS_FILE} is not the file its {STATE_FILE} was "
                         "written with (replaced or edited); restore it, or delete that checkpoint "
                         "directory to resume from the one before it")
-    for key, values in state.get("optimizer", {}).get("state", {}).items():
+
+
+def check_finite_state(ckpt: Path, optimizer_state: dict[str, Any]) -> None:
+    """The optimizer state is finite (checked before anything is trained on it)."""
+    from torch.distributed.tensor import DTensor
+
+    for key, values in optimizer_state.get("state", {}).items():
         for name, value in values.items():
+            if isinstance(value, DTensor):
+                value = value.to_local()
             if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise UserError(f"checkpoint {ckpt} holds NaN/Inf optimizer state ({name} of "
                                 f"parameter {key}): it was saved from a diverged or damaged run; "

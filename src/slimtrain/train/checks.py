@@ -12,8 +12,23 @@ from .config import RESUMABLE_CHANGES, TrainConfig
 
 
 def settings_record(config: TrainConfig) -> dict:
-    """The settings that shape a run's results, as plain values (saved in every checkpoint)."""
-    return {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    """The settings that shape a run's results, as plain values (saved in every checkpoint). The
+    batch is the global one (per-rank batch × ranks): a run may resume on another number of ranks,
+    each then taking its share of the same global batch."""
+    record = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    record["global_batch"] = record.pop("batch_size") * config.nproc
+    return record
+
+
+def per_rank_batch(config: TrainConfig, state: dict, world: int) -> None:
+    """On resume, the per-rank batch that keeps the checkpoint's global batch on ``world`` ranks."""
+    saved = state.get("config", {}).get("global_batch")
+    if saved is None or saved == config.batch_size * world:
+        return
+    if saved % world:
+        raise UserError(f"the run's global batch of {saved} sequences cannot be split over {world} "
+                        f"ranks; resume with --nproc dividing {saved}")
+    config.batch_size = saved // world
 
 
 def check_same_settings(config: TrainConfig, state: dict, ckpt: Path, run_dir: Path) -> None:

@@ -76,10 +76,22 @@ class TrainConfig:
                              "idle cores (cores minus the load average, at least 1). Results depend on "
                              "it in the last bits, so a resumed run keeps its run's count.")
     out: str | None = _f(None, "Run directory. Default: runs/<command>-<model>-<optimizer>-<time>.")
+    nproc: int = _f(1, "Processes (ranks) to train with, launched by torch.distributed.run (torchrun); "
+                    "--batch-size is per rank. Under torchrun this is its world size.")
+    parallel: str = _f("none", "How the ranks share the model: ddp (replicas, gradients all-reduced) or "
+                       "fsdp (FSDP2: weights, gradients and optimizer state sharded by rows); none for "
+                       "one process.")
 
     def validate(self) -> "TrainConfig":
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.parallel not in ("none", "ddp", "fsdp"):
+            raise UserError(f"--parallel must be ddp, fsdp or none, got {self.parallel!r}")
+        if self.nproc < 1:
+            raise UserError(f"--nproc must be at least 1, got {self.nproc}")
+        if self.nproc > 1 and self.parallel == "none":
+            raise UserError(f"--nproc {self.nproc} needs --parallel ddp or --parallel fsdp (how the "
+                            "ranks share the model)")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
                      "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
@@ -106,7 +118,7 @@ class TrainConfig:
 FINETUNE_DEFAULTS = dict(model=None, lr=3e-5, steps=200, eval_every=50, save_every=100)
 
 # Settings that a resumed run may change: none of them alters what is computed.
-RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out"}
+RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out", "nproc"}
 
 
 def _flag(name: str) -> str:

@@ -7,20 +7,18 @@ import contextlib
 import math
 import signal
 import time
-import warnings
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .._warnings import warn
-from ..data.blocks import IGNORE_INDEX
 from ..errors import UserError, first_line
 from ..memory.planner import adamw_state_bytes
 from . import checkpoint
 from .metrics import MetricsLog, peak_memory_bytes, perplexity, plot_losses
 from .setup import Run, trainer_state
+from .step import _autocast, predicted_tokens, train_step
 from .watch import Diverged, Watch
 
 
@@ -63,12 +61,6 @@ def _is_oom(err: BaseException) -> bool:
                                            or "DefaultCPUAllocator" in text))
 
 
-def _autocast(run: Run):
-    if run.autocast is None:
-        return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=run.autocast)
-
-
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
     if hasattr(opt, "state_bytes"):
         return sum(opt.state_bytes().values())
@@ -86,97 +78,13 @@ def _gradient_bytes(run: Run) -> int:
                                   refresh_from=run.config.fused_refresh_from)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the device, so that a host timer measures the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def predicted_tokens(labels: torch.Tensor) -> int:
-    """Tokens whose next token the loss predicts: labels shifted by one, prompts (-100) left out."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
-
-
-def step_inputs(run: Run, loss: torch.Tensor) -> dict:
-    """The extra ``step()`` inputs the optimizer's rules declared that the trainer provides:
-    ``loss`` (the step's mean loss per predicted token, detached, on the device)."""
-    needs = getattr(run.optimizer, "step_inputs", frozenset())
-    provided = {"loss": loss}
-    missing = sorted(set(needs) - set(provided) - {"closure"})
-    if missing:
-        raise UserError(f"optimizer {run.config.optimizer} needs the step input(s) "
-                        f"{', '.join(missing)}, which the trainer does not provide; train it with "
-                        "your own loop (optimizer.step(**inputs))")
-    return {k: v for k, v in provided.items() if k in needs}
-
-
-def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | None]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the step's loss per predicted
-    token (a device tensor: no host sync here) and the gradient norm before clipping.
-
-    The loss is normalised by the predicted tokens of the whole step (as torchtitan and torchtune
-    do), so a prompt-masked fine-tune weights tokens, not micro-batches, and a micro-batch with no
-    predicted token contributes nothing. A step whose batch predicts no token at all changes no
-    weight (the schedule and data position still advance) and returns a None loss. With
-    layer-wise updates (``run.fused``) the parameters are updated inside the last micro-batch's
-    backward pass, clipped by the previous step's norm; ``optimizer.step()`` then only finishes
-    the step."""
-    cfg = run.config
-    batches = [run.train.batch(run.order.take(run.position + k * cfg.batch_size, cfg.batch_size))
-               for k in range(cfg.grad_accum)]
-    count = sum(predicted_tokens(labels) for _, labels in batches)
-    if count == 0:
-        warn(f"step {run.step + 1}: no token of its batch is predicted (every label is a masked "
-             "prompt), so the step changed no weight")
-        with warnings.catch_warnings():  # torch's "scheduler before optimizer" note: on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            run.scheduler.step()
-        _advance(run)
-        return None, None
-    total = torch.zeros((), device=run.device)
-    for k, (ids, labels) in enumerate(batches):
-        ids, labels = ids.to(run.device), labels.to(run.device)
-        with _autocast(run):
-            loss = run.model(input_ids=ids, labels=labels, num_items_in_batch=count).loss
-        # from here on the weights change (layer-wise updates: inside the last backward), so an
-        # error leaves them between two steps: no checkpoint is written of that state
-        run.updating = run.updating or (run.fused is not None and k == len(batches) - 1)
-        loss.backward()
-        total += loss.detach()
-    # The norm before clipping: what the log should show.
-    clip_here = cfg.grad_clip > 0 and run.fused is None  # the layer-wise handle clips by itself
-    grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-                 if clip_here else None)
-    inputs = step_inputs(run, total)
-    _sync(run.device)
-    started = time.perf_counter()
-    run.updating = True
-    run.optimizer.step(**inputs)
-    _sync(run.device)
-    run.optimizer_s += time.perf_counter() - started
-    if grad_norm is None:
-        grad_norm = getattr(run.optimizer, "grad_norm", None)
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    _advance(run)
-    run.updating = False
-    return total, grad_norm
-
-
-def _advance(run: Run) -> None:
-    """Count a finished step: the data position, the tokens, the step."""
-    cfg = run.config
-    run.position += cfg.grad_accum * cfg.batch_size
-    run.tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
-    run.step += 1
-
-
 @torch.no_grad()
 def evaluate(run: Run) -> float:
     """Mean loss per predicted token over the first ``eval_batches`` validation batches (the same
     blocks at every evaluation, so values are comparable along the run and across runs)."""
     cfg = run.config
-    n = min(len(run.val), cfg.eval_batches * cfg.batch_size)
+    world = 1 if run.dist is None else run.dist.world  # one process's batches of world × batch
+    n = min(len(run.val), cfg.eval_batches * cfg.batch_size * world)
     run.model.eval()
     loss_sum, count = 0.0, 0
     for start in range(0, n, cfg.batch_size):
@@ -189,10 +97,25 @@ def evaluate(run: Run) -> float:
             loss_sum += loss.item() * predicted
             count += predicted
     run.model.train()
+    if run.dist is not None and run.dist.parallel == "fsdp":
+        _reshard(run.model)  # FSDP2 keeps the root gathered after a forward without backward
     return loss_sum / count if count else float("nan")
 
 
+def _reshard(model: torch.nn.Module) -> None:
+    """Back to the sharded parameters the optimizer holds (FSDP2's ``reshard``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _save(run: Run, state: dict | None = None, step: int | None = None) -> Any:
+    if run.dist is not None:  # every rank takes part (dist_checkpoint.py)
+        from . import dist_checkpoint
+
+        return dist_checkpoint.save(run, trainer_state(run) if state is None else state)
     return checkpoint.save(run.run_dir, run.step if step is None else step, run.model, run.tokenizer,
                            trainer_state(run) if state is None else state, run.config.keep_last)
 
@@ -221,7 +144,8 @@ def _save_good(run: Run, good: dict | None) -> str:
 def _after_error(run: Run, err: BaseException, saved_at: int | None) -> BaseException:
     """A run that ends in an error keeps its last completed step: saved when its weights are whole
     (not caught between two steps) and finite. Returns the exception to raise."""
-    if run.updating or saved_at == run.step or run.step == 0 or not _finite(run.model):
+    if run.updating or saved_at == run.step or run.step == 0 or run.dist is not None or \
+            not _finite(run.model):  # several ranks: an error of one cannot be agreed on, so no save
         return err
     try:
         ckpt = _save(run)
@@ -238,11 +162,15 @@ def _after_error(run: Run, err: BaseException, saved_at: int | None) -> BaseExce
 def train(run: Run, console: Console) -> dict[str, Any]:
     """Train until ``config.steps``; returns the summary (also written to ``summary.json``)."""
     cfg = run.config
-    log = MetricsLog(run.run_dir, run.step if run.resumed_from else None)
+    d = run.dist
+    main = d is None or d.main
+    log = MetricsLog(run.run_dir, run.step if run.resumed_from else None) if main else None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
-    watch, val_loss = Watch(getattr(run.model.config, "vocab_size", 2)), math.nan
+    watch = Watch(getattr(run.model.config, "vocab_size", 2),
+                  reduce=None if d is None else d.all_reduce_)  # every rank reads the same losses
+    val_loss = math.nan
     session_tokens, session_time, session_steps = 0, 0.0, 0
     saved_at = run.step if run.resumed_from else None
     good = _good_state(run) if run.resumed_from else None  # the last step that updated weights
@@ -256,10 +184,12 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                     loss, grad_norm = train_step(run)
                 except RuntimeError as err:
                     if _is_oom(err):
-                        raise UserError(
+                        oom = UserError(
                             f"a batch of {cfg.batch_size} × {cfg.seq_len} tokens does not fit in memory "
                             f"({first_line(err, 100)}); lower --batch-size (raise --grad-accum "
-                            "to keep the tokens per step) or pass --activation-checkpointing") from None
+                            "to keep the tokens per step) or pass --activation-checkpointing")
+                        oom.every_rank = False  # this rank's own: it says so itself
+                        raise oom from None
                     raise
                 watch.add(run.step, loss, grad_norm)
                 if loss is not None:  # a step without predicted tokens did not step the optimizer
@@ -275,7 +205,8 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 evaluated = run.step % cfg.eval_every == 0 or run.step == cfg.steps
                 logged = evaluated or run.step % cfg.log_every == 0
                 saving = run.step % cfg.save_every == 0 or run.step == cfg.steps
-                if not (logged or saving or stop.requested):
+                stopping = stop.requested if d is None else d.any(stop.requested, run.device)
+                if not (logged or saving or stopping):
                     continue
                 last_loss = watch.read()  # the one host sync of these steps
                 tokens_per_s = session_tokens / session_time
@@ -295,14 +226,15 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                                       f"{tokens_per_s:,.0f} tokens/s")
                     record.update(optimizer_state_bytes=_state_bytes(run.optimizer),
                                   peak_memory_bytes=peak_memory_bytes(run.device))
-                    log.write(record)
+                    if log is not None:
+                        log.write(record)
                 progress.update(task, stats=(f"loss {last_loss:.3f} ppl "
                                              f"{perplexity(min(last_loss, 50)):.1f} "
                                              f"{tokens_per_s:,.0f} tok/s"))
                 if saving:
                     _save(run)
                     saved_at = run.step
-                if stop.requested:
+                if stopping:
                     ckpt = _save(run) if saved_at != run.step else checkpoint.list_checkpoints(run.run_dir)[-1]
                     raise Interrupted(run.step, ckpt)
     except Diverged as err:
@@ -316,8 +248,9 @@ def train(run: Run, console: Console) -> dict[str, Any]:
     except Exception as err:
         raise _after_error(run, err, saved_at) from err.__cause__
     finally:
-        log.close()
-        plot_losses(run.run_dir, f"{run.kind} {run.describe['model']} · {cfg.optimizer}")
+        if log is not None:
+            log.close()
+            plot_losses(run.run_dir, f"{run.kind} {run.describe['model']} · {cfg.optimizer}")
     state = _state_bytes(run.optimizer)
     return dict(steps=run.step, tokens=run.tokens, seconds=run.elapsed_s,
                 tokens_per_s=run.tokens / run.elapsed_s if run.elapsed_s else 0.0,
@@ -328,4 +261,13 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 weight_bytes=sum(p.nbytes for p in run.model.parameters()),
                 gradient_bytes=_gradient_bytes(run), optimizer_state_bytes=state,
                 adamw_state_bytes=adamw_state_bytes(run.model),
-                peak_memory_bytes=peak_memory_bytes(run.device), device=str(run.device))
+                peak_memory_bytes=_peak_per_rank(run), device=str(run.device))
+
+
+def _peak_per_rank(run: Run) -> int:
+    """The peak memory of the rank that used most (each rank's own on one process)."""
+    peak = peak_memory_bytes(run.device)
+    if run.dist is None:
+        return peak
+    return int(run.dist.all_reduce_(torch.tensor([float(peak)], device=run.device),
+                                    torch.distributed.ReduceOp.MAX).item())

@@ -16,7 +16,7 @@ from rich.table import Table
 from ..errors import UserError, first_line
 from ..memory.units import mib
 from ..paths import write_text_atomic
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import load_run_config, merge_resume, read_config_file, resolve, save_config
 from .loop import train
 from .setup import OptimizerFactory, default_run_dir, prepare
@@ -93,35 +93,72 @@ def run(kind: str, flags: dict[str, Any], config_file: str | None, resume: str |
     if allow_data_change and resume is None:
         raise UserError("--allow-data-change applies to --resume (a new run reads its data as it is)")
     config, run_dir, resume_dir = _settings(kind, flags, config_file, resume)
-    if resume_dir is None:
-        _check_run_dir(run_dir)
+    launching = config.nproc > 1 and not distributed.in_torchrun()
+    if resume_dir is None and (launching or not distributed.in_torchrun()
+                               or os.environ.get("RANK") == "0"):
+        _check_run_dir(run_dir)  # once, before any rank writes
         _check_flags_apply(config, flags)
+    if launching:  # torchrun's launcher runs the workers; this process only waits for them
+        if optimizer_factory is not None:
+            raise UserError("an optimizer factory runs in one process; drop --nproc")
+        code = distributed.launch(config.nproc, distributed.reexec_argv(
+            kind, flags, config_file, resume, allow_data_change))
+        if code:
+            raise JobFailed(code)
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    d = distributed.setup(config.parallel, config.nproc, config.device)
+    try:
+        return _run(kind, config, run_dir, resume_dir, console, optimizer_factory,
+                    allow_data_change, d)
+    finally:
+        distributed.teardown(d)
+
+
+class JobFailed(Exception):
+    """A multi-process job ended with a worker's non-zero exit code (its message is printed)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"a worker exited with code {code}")
+        self.code = code
+
+
+def _run(kind, config, run_dir, resume_dir, console, optimizer_factory, allow_data_change, ranks):
+    if ranks is not None:
+        config.nproc = ranks.world
+        if not ranks.main:
+            console = Console(file=open(os.devnull, "w"))
     # all user errors surface here
     r = prepare(kind, config, run_dir, resume_dir, say=console.print, optimizer_factory=optimizer_factory,
-                allow_data_change=allow_data_change)
+                allow_data_change=allow_data_change, dist=ranks)
     if r.step >= config.steps:
         raise UserError(f"the run in {run_dir} already finished its {config.steps} steps; start a new "
                         "run with --out to train further")
+    main = ranks is None or ranks.main
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {run_dir}: cannot create it ({first_line(err)}); choose a directory "
                         "you can write to") from None
-    checkpoint.sweep_unfinished(run_dir)
-    if resume_dir is None:
+    if main:
+        checkpoint.sweep_unfinished(run_dir)
+    if resume_dir is None and main:
         save_config(config, kind, run_dir / CONFIG_FILE)
-    else:
+    elif resume_dir is not None:
         console.print(f"resuming from {r.resumed_from} (step {r.step}, {r.tokens:,} tokens)")
     d = r.describe
     console.print(f"model: {d['model']} ({d['params'] / 1e6:.2f}M parameters) · optimizer {d['optimizer']} "
                   f"(peak lr {d['lr']:g}) · {config.steps} steps × {config.grad_accum * config.batch_size} "
                   f"× {config.seq_len} tokens · {d['device']}, {d['precision']}, {config.threads} "
                   f"thread{'s' if config.threads != 1 else ''}"
-                  f"{' · layer-wise updates' if config.fused_backward else ''}")
+                  f"{' · layer-wise updates' if config.fused_backward else ''}"
+                  f"{f' · {ranks.world} ranks ({ranks.parallel}, {ranks.backend})' if ranks else ''}")
     console.print(f"run directory: {run_dir}")
     summary = train(r, console)
-    summary.update(kind=kind, model=config.model, optimizer=config.optimizer, run_dir=str(run_dir))
-    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(_strict(summary), indent=1, allow_nan=False))
+    summary.update(kind=kind, model=config.model, optimizer=config.optimizer, run_dir=str(run_dir),
+                   ranks=1 if ranks is None else ranks.world)
+    if main:
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(_strict(summary), indent=1,
+                                                             allow_nan=False))
     console.print(summary_table(summary))
     return summary
 

@@ -18,8 +18,8 @@ from .._warnings import warn
 from ..errors import UserError, first_line
 from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
-from . import checkpoint
-from .checks import check_same_settings, check_split, settings_record
+from . import checkpoint, distributed
+from .checks import check_same_settings, check_split, per_rank_batch, settings_record
 from .config import TrainConfig
 
 
@@ -47,6 +47,8 @@ class Run:
     fused: optim.FusedBackward | None = None  # the layer-wise handle with --fused-backward
     updating: bool = False          # the weights are being changed (a step is between two states)
     data_key: str = ""              # the data's fingerprint (with the fields read), kept in checkpoints
+    dist: object = None             # the process group's view (train/distributed.py), None: one process
+    train_module: torch.nn.Module | None = None  # what the training forward runs (DDP's wrapper)
 
 
 def _device(name: str) -> torch.device:
@@ -163,7 +165,7 @@ OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
 def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
             say: Callable[[str], None] = print, optimizer_factory: OptimizerFactory | None = None,
-            allow_data_change: bool = False) -> Run:
+            allow_data_change: bool = False, dist=None) -> Run:
     """``optimizer_factory`` replaces the recipe registry: it gets the model (on its device, before
     any checkpoint state is restored) and returns the optimizer — an optimizer from another library,
     or one with its own param groups; it may change the model in place first (add adapters, freeze
@@ -173,6 +175,8 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     (``config.yaml``), its data fingerprint the data's (unless ``allow_data_change``), its
     tokenizer is the one used, and its weights must be the ones its state was written with."""
     device = _device(config.device)
+    if dist is not None and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)  # one GPU per local rank
     autocast = _autocast(config.precision, device)
     config.threads = _threads(config.threads, resume is not None)  # resolved once, saved with the run, kept on resume
     torch.set_num_threads(config.threads)
@@ -195,8 +199,11 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
             raise UserError(f"{resume} holds no checkpoint to resume from")
         ckpt = ckpts[-1]
         state = checkpoint.load_trainer_state(ckpt)  # a damaged checkpoint fails before data work
+        per_rank_batch(config, state, 1 if dist is None else dist.world)
         check_same_settings(config, state, ckpt, resume)
 
+    if dist is not None and not dist.main:
+        dist.barrier()  # rank 0 builds the caches (corpus, tokenizer, token files) first
     records, corpus_key, corpus_name = _records(config, say)
     if state is not None and state.get("data", corpus_key) != corpus_key:
         if not allow_data_change:
@@ -222,11 +229,18 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     say(f"tokens: {meta['train_tokens']:,} train ({meta['train_documents']:,} documents), "
         f"{meta['val_tokens']:,} validation ({meta['val_documents']:,} documents, held out by "
         f"content hash)")
+    if dist is not None and dist.main:
+        dist.barrier()
     check_split(meta, train, val, config, say)
+    if dist is not None and len(train) < dist.world * config.batch_size:
+        raise UserError(f"the training split holds {len(train)} blocks of {config.seq_len} tokens, "
+                        f"fewer than one step of {dist.world} ranks × {config.batch_size}; add data or "
+                        "lower --batch-size / --nproc")
 
     model = build_model(config.model, config.seed)
     if ckpt is not None:
         checkpoint.load_weights(ckpt, model)
+        checkpoint.check_weights_belong(ckpt, model, state)  # the whole model, before any sharding
     model.to(device)
     if config.activation_checkpointing:
         model.config.use_cache = False
@@ -235,6 +249,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    train_module = model if dist is None else distributed.wrap(model, dist, device)
     hidden = getattr(model.config, "hidden_size", 256)
     try:
         optimizer = (optimizer_factory(model) if optimizer_factory is not None else
@@ -249,9 +264,10 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
 
     params = sum(p.numel() for p in model.parameters())
     run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
-              val, EpochOrder(len(train), config.seed), data_key=corpus_key)
+              val, EpochOrder(len(train), config.seed), data_key=corpus_key, dist=dist,
+              train_module=train_module)
     if config.fused_backward:  # before the checkpoint's optimizer state is loaded into it
-        run.fused = optim.fuse_backward(model, optimizer, grad_accum=config.grad_accum,
+        run.fused = optim.fuse_backward(train_module, optimizer, grad_accum=config.grad_accum,
                                         max_grad_norm=config.grad_clip or None,
                                         refresh_from=config.fused_refresh_from)
     run.describe = dict(model=config.model, params=params, optimizer=config.optimizer,
@@ -264,13 +280,27 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
 
 
 def _restore(run: Run, ckpt: Path, state: dict) -> None:
-    checkpoint.check_belongs(ckpt, run.model, state)
     try:
-        run.optimizer.load_state_dict(state["optimizer"])
+        if "sharded_optimizer" in state:  # an FSDP run's: resharded onto this job's ranks
+            if run.dist is None or run.dist.parallel != "fsdp":
+                raise UserError(f"{ckpt} was written by an FSDP run; resume it with --parallel fsdp "
+                                "(any --nproc)")
+            from .dist_checkpoint import load_optimizer
+
+            load_optimizer(ckpt, run.model, run.optimizer)
+            checkpoint.check_finite_state(ckpt, run.optimizer.state_dict())
+        else:
+            checkpoint.check_finite_state(ckpt, state["optimizer"])
+            run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.step, run.tokens, run.position = state["step"], state["tokens"], state["position"]
         run.elapsed_s = float(state["elapsed_s"])
-        checkpoint.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        world = 1 if run.dist is None else run.dist.world
+        checkpoint.set_rng_state(ranks[run.dist.rank] if len(ranks) == world and run.dist else
+                                 ranks[0])
+    except UserError:
+        raise
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
         raise UserError(f"checkpoint {ckpt} does not match this run ({first_line(err)}); "
                         "resume it with the settings it was written with") from None

@@ -42,6 +42,7 @@ _ADVICE = "lower --lr (or raise --warmup-steps) and start a new run"
 @dataclass
 class Watch:
     vocab_size: int
+    reduce: object = None   # several ranks: sums each rank's share of the losses (all-reduce)
     pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     last: float = math.nan
     best: float = math.inf
@@ -62,7 +63,10 @@ class Watch:
         self._check_norms()
         if not self.pending:
             return self.last
-        values = torch.stack([loss for _, loss in self.pending]).tolist()
+        stacked = torch.stack([loss for _, loss in self.pending])
+        if self.reduce is not None:  # each rank holds its share: the step's loss is their sum
+            stacked = self.reduce(stacked)
+        values = stacked.tolist()
         steps = [step for step, _ in self.pending]
         self.pending.clear()
         margin = math.log(max(self.vocab_size, 2))
