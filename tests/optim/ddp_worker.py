@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import socket
-import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import slimtrain.optim as so
 
+from . import spawn
 from .fused_helpers import train as run_steps
 
-WORLD = 2
+WORLD = spawn.WORLD
 STEPS = 4
 GRAD_ACCUM = 2
 GLOBAL_BATCH = 8
@@ -87,23 +85,5 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_workers(out_dir: str, timeout: float = 180.0) -> None:
-    """Two worker processes; on failure or timeout every child is killed before raising."""
-    context = mp.start_processes(worker, args=(free_port(), out_dir), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + timeout
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the DDP workers did not finish within {timeout:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join()
+    spawn.run_workers(worker, out_dir, timeout)

@@ -7,17 +7,16 @@ whole batch, the per-rank state bytes with the one-process state, and counts the
 from __future__ import annotations
 
 import datetime
-import socket
-import time
 import warnings
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import slimtrain.optim as so
 
-WORLD = 2
+from . import spawn
+
+WORLD = spawn.WORLD
 STEPS = int(__import__("os").environ.get("FSDP_TEST_STEPS", 12))
 GLOBAL_BATCH = 4
 SEQ = 16
@@ -168,26 +167,8 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
-    """Two worker processes; on failure or timeout every child is killed before raising."""
-    context = mp.start_processes(target, args=(free_port(), out_dir), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + timeout
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the FSDP workers did not finish within {timeout:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join()
+    spawn.run_workers(target, out_dir, timeout)
 
 
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2

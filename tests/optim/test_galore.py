@@ -1,7 +1,6 @@
 """GaLoreAdamW beyond the shared contract: parity with galore-torch, targets, refresh policies."""
 
 import importlib.util
-import warnings
 
 import pytest
 import torch

@@ -12,16 +12,7 @@ import slimtrain.optim as so
 from slimtrain.train.checkpoint import STATE_FILE, WEIGHTS_FILE, list_checkpoints
 from slimtrain.train.metrics import read_metrics
 from tests.train.conftest import base_args, cli
-from tests.train.test_bad_input import fails_with, snapshot
-
-
-@pytest.fixture
-def stopped_run(reference, tmp_path):
-    """The reference run as if it had crashed after step 16's checkpoint."""
-    run = tmp_path / "stopped"
-    shutil.copytree(reference, run)
-    shutil.rmtree(list_checkpoints(run)[-1])
-    return run
+from tests.train.test_bad_input import fails_with, snapshot, stopped_run  # noqa: F401 (fixture)
 
 
 # ------------------------------------------------------------------ never lose a user's file
