@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .peer_logs import quiet_peer_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Memory-efficient full-parameter LLM training.")
@@ -36,13 +37,15 @@ _default_format = warnings.formatwarning
 
 def _guarded(action: Callable[[], object]) -> None:
     """Run ``action``; user errors become one line on stderr and exit code 2 (no traceback,
-    unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130; warnings print as ``warning: …``."""
+    unless SLIMTRAIN_DEBUG is set); Ctrl-C exits with 130; warnings print as ``warning: …``;
+    the peer libraries' known start-up logs are hidden (``peer_logs``)."""
     from .train import Interrupted
     from .train.session import JobFailed
 
     previous, warnings.formatwarning = warnings.formatwarning, _cli_warning
     try:
-        action()
+        with quiet_peer_logs():
+            action()
     except Interrupted as stop:
         if os.environ.get("RANK", "0") != "0":
             raise typer.Exit(130) from None

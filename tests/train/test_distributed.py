@@ -63,6 +63,15 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(single, model_dir,
     assert "2 ranks" in done.stdout and done.stdout.count("step     12/12") == 1  # rank 0 speaks
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["steps"] == 12
+    # memory is one rank's: an FSDP2 rank holds half the weights and of AdamW's state, a DDP
+    # rank all of them; the table says so
+    whole = json.loads((single[accum] / "summary.json").read_text())
+    share = 0.5 if parallel == "fsdp" else 1.0
+    for key in ("weight_bytes", "adamw_state_bytes"):
+        assert abs(summary[key] - share * whole[key]) <= 0.01 * whole[key], key
+    assert summary["optimizer_state_bytes"] <= 0.6 * whole["optimizer_state_bytes"] \
+        if parallel == "fsdp" else summary["optimizer_state_bytes"] == whole["optimizer_state_bytes"]
+    assert "optimizer state (per rank)" in done.stdout
 
 
 def test_an_fsdp_checkpoint_resumes_on_one_and_on_two_ranks(model_dir, corpus, tmp_path):

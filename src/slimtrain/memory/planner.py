@@ -63,10 +63,18 @@ class MemoryPlan:
         return out
 
 
+def local_nbytes(t: torch.Tensor) -> int:
+    """The bytes this process holds of ``t``: a DTensor's local shard, else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return (t.to_local() if isinstance(t, DTensor) else t).nbytes
+
+
 def adamw_state_bytes(model: torch.nn.Module) -> int:
     """The optimizer state of AdamW (torch's and slimtrain's) for ``model``'s trainable
-    parameters: two moments in the parameter's dtype and one float32 step counter each."""
-    return sum(2 * p.nbytes + 4 for p in model.parameters() if p.requires_grad)
+    parameters on this process (an FSDP2 rank: its shards): two moments in the parameter's dtype
+    and one float32 step counter each."""
+    return sum(2 * local_nbytes(p) + 4 for p in model.parameters() if p.requires_grad)
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -252,4 +260,4 @@ def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 25
     return _with_batch(static, batch_size)
 
 
-__all__ = ["MemoryPlan", "PARTS", "adamw_state_bytes", "plan", "parse_dtype", "recipe_accepts"]
+__all__ = ["MemoryPlan", "PARTS", "adamw_state_bytes", "local_nbytes", "plan", "parse_dtype", "recipe_accepts"]

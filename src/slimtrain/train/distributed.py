@@ -125,6 +125,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
                        "-m", "slimtrain", *argv])
     os.environ[WORKER_ENV] = "1"
+    # torchrun sets 1 thread per worker itself, with a banner; each worker sets its own count
+    omp_was_set = "OMP_NUM_THREADS" in os.environ
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         run(args)
     except ChildFailedError as err:
@@ -132,6 +135,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         return next((c for c in codes if c in (2, 130)), codes[0] if codes else 1) or 1
     finally:
         os.environ.pop(WORKER_ENV, None)
+        if not omp_was_set:
+            os.environ.pop("OMP_NUM_THREADS", None)
     return 0
 
 

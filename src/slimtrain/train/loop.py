@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import UserError, first_line
-from ..memory.planner import adamw_state_bytes
+from ..memory.planner import adamw_state_bytes, local_nbytes
 from . import checkpoint
 from .metrics import MetricsLog, peak_memory_bytes, perplexity, plot_losses
 from .setup import Run, trainer_state
@@ -71,7 +71,7 @@ def _gradient_bytes(run: Run) -> int:
     """The gradients a step holds: every trainable parameter's, or with layer-wise updates what
     the handle keeps alive at most (the planner's count)."""
     if run.fused is None:
-        return sum(p.nbytes for p in run.model.parameters() if p.requires_grad)
+        return sum(local_nbytes(p) for p in run.model.parameters() if p.requires_grad)
     from ..optim.layerwise import planned_gradient_bytes
 
     return planned_gradient_bytes(run.optimizer, grad_accum=run.config.grad_accum,
@@ -164,6 +164,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
     cfg = run.config
     d = run.dist
     main = d is None or d.main
+    world = 1 if d is None else d.world  # session_tokens: the global batch, like run.tokens
     log = MetricsLog(run.run_dir, run.step if run.resumed_from else None) if main else None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
@@ -199,7 +200,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 dt = time.perf_counter() - t0
                 run.elapsed_s += dt
                 session_time += dt
-                session_tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len
+                session_tokens += cfg.grad_accum * cfg.batch_size * cfg.seq_len * world
                 session_steps += 1
                 progress.update(task, completed=run.step)
                 evaluated = run.step % cfg.eval_every == 0 or run.step == cfg.steps
@@ -258,7 +259,8 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                 optimizer_ms_per_step=1e3 * run.optimizer_s / session_steps if session_steps else 0.0,
                 train_loss=watch.read(), val_loss=val_loss, val_ppl=perplexity(val_loss),
                 params=run.describe["params"],
-                weight_bytes=sum(p.nbytes for p in run.model.parameters()),
+                # memory: what one rank holds (an FSDP2 rank its shards; a DDP rank everything)
+                weight_bytes=sum(local_nbytes(p) for p in run.model.parameters()),
                 gradient_bytes=_gradient_bytes(run), optimizer_state_bytes=state,
                 adamw_state_bytes=adamw_state_bytes(run.model),
                 peak_memory_bytes=_peak_per_rank(run), device=str(run.device))

@@ -147,7 +147,8 @@ def _run(kind, config, run_dir, resume_dir, console, optimizer_factory, allow_da
         console.print(f"resuming from {r.resumed_from} (step {r.step}, {r.tokens:,} tokens)")
     d = r.describe
     console.print(f"model: {d['model']} ({d['params'] / 1e6:.2f}M parameters) · optimizer {d['optimizer']} "
-                  f"(peak lr {d['lr']:g}) · {config.steps} steps × {config.grad_accum * config.batch_size} "
+                  f"(peak lr {d['lr']:g}) · {config.steps} steps × "
+                  f"{f'{ranks.world} ranks × ' if ranks else ''}{config.grad_accum * config.batch_size} "
                   f"× {config.seq_len} tokens · {d['device']}, {d['precision']}, {config.threads} "
                   f"thread{'s' if config.threads != 1 else ''}"
                   f"{' · layer-wise updates' if config.fused_backward else ''}"
@@ -166,6 +167,7 @@ def _run(kind, config, run_dir, resume_dir, console, optimizer_factory, allow_da
 def summary_table(s: dict[str, Any]) -> Table:
     minutes, seconds = divmod(round(s["seconds"]), 60)
     ratio = s["optimizer_state_bytes"] / s["adamw_state_bytes"]
+    each = " (per rank)" if s.get("ranks", 1) > 1 else ""  # memory figures are one rank's
     rows = [
         ("model", f"{s['model']}, {s['params'] / 1e6:.2f}M parameters"),
         ("steps · tokens", f"{s['steps']:,} · {s['tokens']:,}"),
@@ -174,10 +176,11 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("validation loss", f"{s['val_loss']:.3f}"),
         ("validation perplexity", f"{s['val_ppl']:.1f}" if s["val_ppl"] is not None
          and math.isfinite(s["val_ppl"]) else "inf"),
-        ("weights", mib(s["weight_bytes"])),
-        ("optimizer state", f"{mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
+        ("weights" + each, mib(s["weight_bytes"])),
+        ("optimizer state" + each, f"{mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
                             f"{mib(s['adamw_state_bytes'])})"),
-        ("peak memory (GPU)" if s["device"].startswith("cuda") else "peak memory (process RSS)",
+        (f"peak memory ({'GPU' if s['device'].startswith('cuda') else 'process RSS'}"
+         f"{', largest rank' if each else ''})",
          mib(s["peak_memory_bytes"])),
         ("run directory", s["run_dir"]),
     ]

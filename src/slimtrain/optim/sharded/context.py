@@ -85,11 +85,15 @@ class Shards:
         padded[:moved.shape[0]] = moved
         out = moved.new_empty((step * self.world, *moved.shape[1:]))
         COMM.add("all_gather", out)
-        dist.all_gather_into_tensor(out, padded, group=self.group)
+        _all_gather_single(out, padded, group=self.group)
         pieces = [out[r * step:r * step + (chunk_range(size, self.world, r)[1]
                                            - chunk_range(size, self.world, r)[0])]
                   for r in range(self.world)]
         return torch.cat(pieces).movedim(0, dim)
+
+
+# torch 2.13 renamed all_gather_into_tensor (which now warns FutureWarning on every call)
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def shards_of(p: Tensor) -> Shards | None:
