@@ -92,6 +92,8 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         self._seen = self._skipped = 0
         self.layerwise = None  # the layer-wise handle while fuse_backward() is active
         self._defaults_rule = defaults.get("rule")  # the rule the defaults' rule keys are for
+        self._learned = False  # a step taken or a state loaded: its parameters are final
+        self._planned: dict[int, list[Tensor]] = {}  # group index → the tensors its plans are for
         super().__init__(param_groups, {**GROUP_DEFAULTS, **defaults})
 
     # ------------------------------------------------------------------ groups
@@ -120,11 +122,13 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         check_group(group)
         self._plan(group)
 
-    def _plan(self, group: dict[str, Any]) -> None:
-        names = group.get("param_names")
+    def _plan(self, group: dict[str, Any], names: list[str] | None = None) -> None:
+        names = names or group.get("param_names")
         if names is None:
             names = [f"param{self._unnamed + i}" for i in range(len(group["params"]))]
             self._unnamed += len(names)
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        self.__dict__.setdefault("_planned", {})[index] = list(group["params"])
         for p, plan in zip(group["params"], plan_group(group, names)):
             self._plans[p] = plan
             shards = shards_of(p)
@@ -145,9 +149,34 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, mine, whole), p.device)
 
+    def adopt_replaced_params(self) -> None:
+        """Plan again the parameters replaced in the groups since they were planned — accelerate's
+        FSDP2 ``prepare`` swaps each for its sharded DTensor in place, leaving the state keyed by
+        the old tensors — while nothing has been learned; afterwards it would lose the state."""
+        planned = self.__dict__.get("_planned", {})
+        for index, group in enumerate(self.param_groups):
+            old = planned.get(index)
+            if old is None or all(a is b for a, b in zip(old, group["params"])):
+                continue
+            if len(old) != len(group["params"]):
+                raise ValueError("a parameter group of this optimizer changed its number of "
+                                 "parameters; build the optimizer again on the model")
+            if self._learned:
+                raise ValueError("this optimizer's parameters were replaced after it took a step "
+                                 "or loaded a state (its state belongs to the old tensors); build "
+                                 "the optimizer after wrapping or sharding the model")
+            names = [self._plans[p].name for p in old]
+            for p in old:
+                self._plans.pop(p, None)
+                self._shards.pop(p, None)
+                self.state.pop(p, None)
+            self._plan(group, names)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layerwise", None)
+        self.__dict__.setdefault("_learned", True)
+        self.__dict__.setdefault("_planned", {})
         self.fill_missing_keys()
 
     def fill_missing_keys(self) -> None:
@@ -182,6 +211,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure=None, **inputs):
+        self.adopt_replaced_params()
         if self.layerwise is not None:  # parameters were updated in backward: finish the step
             return self.layerwise.finish_step(closure, **inputs)
         needs = self.step_inputs
@@ -218,6 +248,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         """Publish the step's counts (``last_step_params``, ``last_step_skipped``); the layer-wise
         mode calls it when it finishes a step."""
         self.last_step_params, self.last_step_skipped = self._seen, self._skipped
+        self._learned = True
         self._seen = self._skipped = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -88,6 +88,7 @@ class StateIO:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        self.adopt_replaced_params()
         sd = super().state_dict()
         if self._shards:  # sharded parameters: their state as DTensors (DCP saves and reshards)
             sd["state"] = self._as_dtensors(sd["state"])
@@ -112,7 +113,12 @@ class StateIO:
         if version < 2:
             state_dict = _from_format_1(state_dict)
         self._check_same_recipe(state_dict)
+        self.adopt_replaced_params()
         saved_state = state_dict["state"]
+        # a state that has stepped binds the parameters (a fresh one, which accelerate's
+        # prepare round-trips before it swaps them, does not)
+        self._learned = self._learned or any(
+            isinstance(st.get("step"), Tensor) and float(st["step"]) > 0 for st in saved_state.values())
         saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         # torch's loader would cast every state tensor to the parameter's dtype (uint8 codes and
         # bf16 moments would come back float32): let it restore the groups only, then copy the

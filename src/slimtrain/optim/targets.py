@@ -144,6 +144,31 @@ def _split_named(named, patterns, *, user_targets: bool, projection, rest) -> li
     return _two_groups(chosen, others, projection, rest)
 
 
+def split_no_decay(groups: list[dict[str, Any]], no_decay) -> list[dict[str, Any]]:
+    """Each group's parameters whose name matches ``no_decay`` (regexes) moved to a copy of the
+    group with ``weight_decay=0``; ``None`` leaves the groups as they are."""
+    if no_decay is None:
+        return groups
+    compiled = [re.compile(p) for p in _as_patterns(no_decay)]
+    out = []
+    for group in groups:
+        items = _named(group["params"])
+        if any(not (isinstance(x, tuple) and isinstance(x[0], str)) for x in items):
+            raise ValueError("no_decay= needs parameter names: pass the model or "
+                             "model.named_parameters(), or set weight_decay in your own groups")
+        exempt = [x for x in items if any(rx.search(x[0]) for rx in compiled)]
+        kept = [x for x in items if not any(x is e for e in exempt)]
+        if kept:
+            out.append({**group, "params": kept})
+        if exempt:
+            out.append({**group, "params": exempt, "weight_decay": 0.0})
+    return out
+
+
+def _named(params) -> list:
+    return [params] if isinstance(params, (torch.Tensor, tuple)) else list(params)
+
+
 def _two_groups(chosen, others, projection, rest) -> list[dict[str, Any]]:
     groups = [{"params": chosen, **projection}]
     if others:

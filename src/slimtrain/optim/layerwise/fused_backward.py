@@ -48,6 +48,7 @@ class FusedBackward:
             raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
         if refresh_from not in REFRESH_FROM:
             raise ValueError(f"refresh_from must be one of {REFRESH_FROM}, got {refresh_from!r}")
+        optimizer.adopt_replaced_params()  # e.g. accelerate's FSDP2 prepare swapped them
         self.optimizer = optimizer
         self.grad_accum = grad_accum
         self.max_grad_norm = max_grad_norm

@@ -18,7 +18,7 @@ from ..config import Option, build, names_of, option, options_of
 from ..groups import PipelineOptions
 from ..optimizer import PipelineOptimizer
 from ..rules import get_rule
-from ..targets import build_param_groups
+from ..targets import build_param_groups, split_no_decay
 from .rest import rest_keys
 
 _SAME = object()
@@ -35,6 +35,9 @@ def like(source, name: str, default: Any = _SAME) -> Any:
 class Base:
     lr: float = like(PipelineOptions, "lr")
     weight_decay: float = like(PipelineOptions, "weight_decay")
+    no_decay: Any = option(None, "regexes searched in parameter names for those that get no weight "
+                           "decay (e.g. biases and norms, as transformers.Trainer does); None: "
+                           "every parameter decays")
 
 
 @dataclass
@@ -117,7 +120,8 @@ class Recipe(PipelineOptimizer):
 
     def param_groups_for(self, model_or_params, config) -> tuple[list[dict], dict[str, Any]]:
         """(param groups, optimizer defaults). Unprojected recipes: one group."""
-        return build_param_groups(model_or_params, projection=None), self.shared_keys(config)
+        groups = build_param_groups(model_or_params, projection=None)
+        return split_no_decay(groups, config.no_decay), self.shared_keys(config)
 
 
 class ProjectedRecipe(Recipe):
@@ -140,4 +144,4 @@ class ProjectedRecipe(Recipe):
                     "scale": config.scale}
         groups = build_param_groups(model_or_params, projection=projected, targets=config.targets,
                                     rest=rest_keys(config.rest, rule))
-        return groups, defaults
+        return split_no_decay(groups, config.no_decay), defaults
