@@ -119,6 +119,12 @@ class Trainer(transformers.Trainer):
 
     def __init__(self, *args, fused_backward: bool = False,
                  fused_options: dict[str, Any] | None = None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if fused_backward and training_args is not None \
+                and training_args.ddp_find_unused_parameters is None:
+            # DDP's default here would search for unused parameters, which layer-wise updates
+            # under DDP cannot allow (a parameter would count its micro-batches differently)
+            training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
         self.fused_backward = fused_backward
         self.fused_options = dict(fused_options or {})
