@@ -2,6 +2,7 @@
 paper's LLaMA-60M shapes (``slimtrain.models.preset_config("60m")``).
 
     python benchmarks/lowbit_step.py [--rounds 8] [--threads 1] [--rank 128] [--skip torchao-4bit ...]
+                                     [--device cuda]
 
 Every optimizer gets its own copy of the parameters and the same pre-filled gradients (shared, read
 only). Optimizers take turns step by step, so machine noise hits all alike; the first two steps of
@@ -35,6 +36,12 @@ def named_parameters(model):
 
 def copy_params(named):
     return [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named]
+
+
+def sync(device: str) -> None:
+    """Wait for the device: a CUDA step is asynchronous, and its time is when its kernels end."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def state_bytes(opt) -> int:
@@ -83,14 +90,16 @@ def build(args, named):
     return entries
 
 
-def copy_bandwidth(numel: int, repeats: int = 5) -> float:
+def copy_bandwidth(numel: int, device: str, repeats: int = 5) -> float:
     """Bytes per second of ``dst.copy_(src)`` on float32 tensors of ``numel`` elements."""
-    src, dst = torch.randn(numel), torch.empty(numel)
+    src, dst = torch.randn(numel, device=device), torch.empty(numel, device=device)
     dst.copy_(src)
     times = []
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         dst.copy_(src)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * src.nbytes / statistics.median(times)
 
@@ -101,6 +110,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives the steadiest timings)")
     parser.add_argument("--rank", type=int, default=128, help="GaLore rank (no refresh during the run)")
     parser.add_argument("--skip", nargs="*", default=[], help="optimizer names to leave out")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -109,10 +119,10 @@ def main():
     from slimtrain.models import preset_config
 
     torch.manual_seed(0)
-    named = named_parameters(LlamaForCausalLM(preset_config("60m")))
+    named = named_parameters(LlamaForCausalLM(preset_config("60m")).to(args.device))
     numel = sum(p.numel() for _, p in named)
     gen = torch.Generator().manual_seed(0)
-    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for _, p in named]
+    grads = [(torch.randn(p.shape, generator=gen) * 1e-3).to(args.device) for _, p in named]
     entries = build(args, named)
     for _, _, params in entries.values():
         for p, g in zip(params, grads):
@@ -123,22 +133,26 @@ def main():
     bandwidth = []
     for k in range(warmup + args.rounds):
         for name, (opt, _, _) in entries.items():
+            sync(args.device)
             start = time.perf_counter()
             opt.step()
+            sync(args.device)
             if k >= warmup:
                 times[name].append(time.perf_counter() - start)
         if k >= warmup:
-            bandwidth.append(copy_bandwidth(numel // 4))  # 58 MB each way, past the caches
+            bandwidth.append(copy_bandwidth(numel // 4, args.device))  # 58 MB each way, past the caches
 
     med = {name: statistics.median(t) for name, t in times.items()}
     copy_bw = statistics.median(bandwidth)
     fused, foreach = "torch AdamW (fused)", "torch AdamW (foreach)"
     ref_bytes = state_bytes(entries[fused][0])
-    from slimtrain.optim import lowbit_native
+    from slimtrain.optim.lowbit import native as lowbit_native
 
     kernel = ("C, AVX-512" if lowbit_native.simd_width() == 16 else "C, auto-vectorized"
-              ) if lowbit_native.available() else "torch.compile"
-    print(f"LLaMA-60M shapes: {numel / 1e6:.2f}M parameters, {args.threads} thread(s), {args.rounds} "
+              ) if lowbit_native.available() and args.device == "cpu" else "torch.compile"
+    where = (f"{args.threads} thread(s)" if args.device == "cpu"
+             else torch.cuda.get_device_name(args.device))
+    print(f"LLaMA-60M shapes: {numel / 1e6:.2f}M parameters, {where}, {args.rounds} "
           f"timed steps per optimizer, torch {torch.__version__}; plain copy: {copy_bw / 1e9:.1f} GB/s; "
           f"slimtrain's low-bit kernel: {kernel}")
     print("| optimizer | state MiB | state × AdamW | step × AdamW (fused) | step × AdamW (foreach) "

@@ -88,6 +88,7 @@ def test_live_gradients_bounded(grad_accum, refresh_from):
     assert ordinary.peak == sum(sizes)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_live_gradients_bounded_on_gpu():
     """The CUDA allocator's peak: fused training needs at least the gradients minus the largest
