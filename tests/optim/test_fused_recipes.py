@@ -53,7 +53,12 @@ def assert_same(case, expected, got, exact: bool) -> None:
         assert ((a - b).abs().max() / a.abs().max()).item() <= tol
 
 
-@pytest.fixture(params=CASES, ids=[f"{c.name}-{i}" for i, c in enumerate(CASES)])
+# Sophia reads an input at its step (the curvature estimate), which layer-wise updates, done
+# inside backward, cannot take: fuse_backward refuses it (test_sophia.py)
+LAYERWISE = [c for c in CASES if c.name != "sophia"]
+
+
+@pytest.fixture(params=LAYERWISE, ids=[f"{c.name}-{i}" for i, c in enumerate(LAYERWISE)])
 def case(request):
     return request.param
 

@@ -99,7 +99,7 @@ def test_reprojection_is_exact_for_a_permuted_signed_basis(side):
     M = torch.randn(projected_shape(shape, 5, side))
     V = torch.rand(projected_shape(shape, 5, side))
     M2, V2 = M.clone(), V.clone()
-    reproject_moments_(M2, V2, old, new, side)
+    reproject_moments_({"exp_avg": (M2, "first"), "exp_avg_sq": (V2, "second")}, old, new, side)
     # the momentum expressed in the full space is unchanged, and V is permuted
     torch.testing.assert_close(project_back(M2, new, side), project_back(M, old, side), atol=1e-5, rtol=1e-5)
     if side == "left":

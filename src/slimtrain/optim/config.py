@@ -66,11 +66,13 @@ def check_value(name: str, value: Any, meta: dict) -> None:
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         return
-    if meta.get("kind") == "betas":
-        ok = (isinstance(value, (tuple, list)) and len(value) == 2
+    if meta.get("kind") in ("betas", "betas3"):
+        count = 3 if meta["kind"] == "betas3" else 2
+        ok = (isinstance(value, (tuple, list)) and len(value) == count
               and all(_is_number(b) and 0.0 <= b < 1.0 for b in value))
         if not ok:
-            raise ValueError(f"{name} must be two numbers in [0, 1), got {value!r}")
+            raise ValueError(f"{name} must be {('two', 'three')[count - 2]} numbers in [0, 1), "
+                             f"got {value!r}")
         return
     low, high = meta.get("low"), meta.get("high")
     if low is None and high is None and not meta.get("integer"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._warnings import warn
+from . import stages
 from .config import check, defaults_of, names_of, option
 from .lowbit.storage import STATE_BITS
 from .rules import get_rule, unprojected_rule
@@ -82,6 +83,24 @@ class PipelineOptions:
     quantize_min_numel: int = option(4096, "tensors with fewer elements keep fp32 moments when "
                                      "quantizing", low=0, integer=True)
     stochastic_rounding: bool = option(False, "bf16 parameters: round each update stochastically")
+    reset_every: int | None = option(None, "zero the rule's moments every this many steps (SPAM's "
+                                     "ΔT, Stable-SPAM's update_proj_gap); None: never (stages.py)",
+                                     low=1, integer=True, none_ok=True)
+    reset_warmup: int = option(0, "SPAM: cosine warm-up of the update over this many steps after "
+                               "each reset", low=0, integer=True)
+    reset_count: bool = option(False, "a reset restarts the rule's step count (bias correction) too "
+                               "(Stable-SPAM)")
+    spike_threshold: float | None = option(None, "SPAM's spike clipping θ: g² > θ·V is clipped to "
+                                           "√(θ·V); None: off", low=0, open_low=True, none_ok=True)
+    spike_after: int = option(20, "SPAM: steps (from the start and after each reset) before spike "
+                              "clipping begins", low=0, integer=True)
+    clip_decay: float | None = option(None, "Stable-SPAM's AdaClip: decay γ₃ of the running "
+                                      "max|g|; None: off", low=0, high=1, open_high=True,
+                                      none_ok=True)
+    norm_decays: tuple | None = option(None, "Stable-SPAM's AdaGN: decays (γ₁, γ₂) of the running "
+                                       "gradient norm and its square; None: off", kind="betas",
+                                       none_ok=True)
+    norm_eps: float = option(1e-8, "AdaGN: added to the running norm's root mean square", low=0)
     fallback: dict | None = option(None, "a matrix-only rule's non-matrix parameters train with "
                                    "AdamW at AdamW's own lr/betas/eps; keys here override them")
 
@@ -168,6 +187,7 @@ def check_group(group: dict[str, Any]) -> None:
             raise ValueError(f"fallback takes {', '.join(sorted(allowed))}, not {sorted(unknown)}")
         check(PipelineOptions, fallback)
         check(AdamHyper, fallback)
+    stages.check(group, rule)
     _check_combination(group)
 
 

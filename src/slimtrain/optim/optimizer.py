@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
+from . import stages
 from .groups import (GROUP_DEFAULTS, ParamPlan, check_group, fill_group, plan_group, rule_keys,
                      split_matrix_only)
 from .lowbit import storage as lowbit
@@ -65,8 +66,8 @@ def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
         if fused is None:
             fused = fused_supported(tensors, group["eps_mode"])
         elif fused and not fused_supported(tensors, group["eps_mode"]):
-            raise ValueError('fused=True needs eps_mode="torch" and float tensors on cpu/cuda/mps/xpu; '
-                             "pass fused=None to use it only where it applies")
+            raise ValueError("fused=True needs float tensors on cpu/cuda/mps/xpu; pass fused=None "
+                             "to use it only where it applies")
         if fused:
             return "fused"
         return "foreach" if group["foreach"] else "forloop"
@@ -148,6 +149,8 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         else:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, mine, whole), p.device)
+            if stages.active(group):
+                state[stages.COUNTER] = torch.tensor(0.0, dtype=torch.float32)
 
     def adopt_replaced_params(self) -> None:
         """Plan again the parameters replaced in the groups since they were planned — accelerate's
@@ -334,22 +337,46 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
         layouts = [lowbit.layout(group, rule, p, g.shape, self.update_shapes(p)[1])
                    for p, g in zip(owners, grads)]
         targets = [local(p) for p in owners]  # a shard's own storage (the parameter itself)
-        low = {i for i, lay in enumerate(layouts) if not lowbit.native(group, owners[i], lay)}
         extra = self._rule_inputs(rule, owners, inputs)
         if any(p in self._shards for p in owners):  # the rule's reductions span the ranks
             extra["shards"] = [part_of(self._plans[p], self._shards.get(p), self.update_shapes(p)[1])
                                for p in owners]
+        keys = [tuple(kernel.moment_shapes(g.shape, group)) for g in grads]
+        scales = [1.0] * len(grads)
+        if stages.active(group):  # SPAM / Stable-SPAM: resets, clipping, norm scaling
+            parts = extra.get("shards") or [None] * len(grads)
+            grads = list(grads)
+            for i in range(len(grads)):
+                grads[i], scales[i] = stages.apply(group, keys[i], grads[i], states[i], layouts[i],
+                                                   count_key, parts[i])
+        results = {}
+        for scale in sorted(set(scales)):  # a warm-up factor scales lr (and keeps lr·λ)
+            idx = [i for i in range(len(grads)) if scales[i] == scale]
+            run = group if scale == 1.0 else {**group, "lr": group["lr"] * scale,
+                                              "weight_decay": group["weight_decay"] / scale}
+            for i, out in self._run_rule_on(run, rule, idx, grads, states, count_key, owners,
+                                            targets, layouts, keys, extra, apply).items():
+                results[i] = out if apply or scale == 1.0 else (out[0], out[1] * scale)
+        if apply:
+            return None
+        return [results[i][0] for i in range(len(grads))], [results[i][1] for i in range(len(grads))]
+
+    def _run_rule_on(self, group, rule, chosen, grads, states, count_key, owners, targets,
+                     layouts, keys, extra, apply) -> dict[int, Any]:
+        """``_run_rule`` for the tensors ``chosen``: {index: (direction, factor)} (or None)."""
+        kernel = get_rule(rule)
+        low = {i for i in chosen if not lowbit.native(group, owners[i], layouts[i])}
         results = {}
         for i in sorted(low):
             p = targets[i] if apply else None
             results[i] = lowbit.run_rule_(
-                group, rule, layouts[i], grads[i], states[i], count_key, p,
-                name="" if p is None else self._plans[owners[i]].name,
+                group, rule, {k: layouts[i][k] for k in keys[i]}, grads[i], states[i], count_key,
+                p, name="" if p is None else self._plans[owners[i]].name,
                 impl=_impl(group, [grads[i]], rule),
                 inputs={k: v[i:i + 1] for k, v in extra.items()})
-        idx = [i for i in range(len(grads)) if i not in low]
+        idx = [i for i in chosen if i not in low]
         if idx:
-            moments = [{k: states[i][k] for k in kernel.moment_shapes(grads[i].shape, group)} for i in idx]
+            moments = [{k: states[i][k] for k in keys[i]} for i in idx]
             counts = [states[i][count_key] for i in idx]
             refs = targets if apply else grads
             out = kernel.update([grads[i] for i in idx], moments, counts, group,
@@ -358,9 +385,7 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
                                 inputs={k: [v[i] for i in idx] for k, v in extra.items()})
             if not apply:
                 results.update({i: (d, f) for i, d, f in zip(idx, *out)})
-        if apply:
-            return None
-        return [results[i][0] for i in range(len(grads))], [results[i][1] for i in range(len(grads))]
+        return results
 
     def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor],
                     inputs: dict[str, Any]) -> None:

@@ -13,9 +13,10 @@ import torch
 
 from ..userinput import did_you_mean
 from .config import Option, options_of
-from .recipes import (APOLLO, FRUGAL, AdamW, AdamW4bit, AdamW8bit, APOLLOMini, Fira,
-                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, NaturalGaLore,
-                      QGaLore)
+from .recipes import (APOLLO, FRUGAL, SPAM, AdaBelief, Adafactor, AdamMini, AdamW, AdamW4bit,
+                      AdamW8bit, Adan, APOLLOMini, Fira, GaLoreAdafactor, GaLoreAdamW,
+                      GaLoreAdamW8bit, GaLoreLion, Lion, NaturalGaLore, QGaLore, SGDSaI, Sophia,
+                      StableSPAM)
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,12 @@ register("q-galore", QGaLore, "Q-GaLore: packed 4-bit projector, lazy refresh (Z
 register("natural-galore", NaturalGaLore, "Natural GaLore: Woodbury natural gradient, then Adam (Das 2024)")
 register("galore-adafactor", GaLoreAdafactor, "GaLore with Adafactor's factored second moment")
 register("galore-lion", GaLoreLion, "GaLore with Lion (sign of interpolated momentum)")
+register("lion", Lion, "Lion: sign of interpolated momentum, one moment (Chen et al. 2023)")
+register("adafactor", Adafactor, "Adafactor: factored second moment, m+n numbers per matrix (Shazeer & Stern 2018)")
+register("adabelief", AdaBelief, "AdaBelief: Adam with the variance of G around M (Zhuang et al. 2020)")
+register("adan", Adan, "Adan: adaptive Nesterov momentum from gradient differences (Xie et al. 2024)")
+register("adam-mini", AdamMini, "Adam-mini: one second moment per head / neuron / token (Zhang et al. 2025)")
+register("sgd-sai", SGDSaI, "SGD-SaI: SGD momentum, lr scaled once by the first gradients' SNR (Xu et al. 2024)")
+register("sophia", Sophia, "SophiaG: clipped, curvature-preconditioned sign momentum (Liu et al. 2024)")
+register("spam", SPAM, "SPAM: Adam with momentum resets and spike clipping (Huang et al. 2025)")
+register("stable-spam", StableSPAM, "Stable-SPAM: Adam with adaptive spike clipping and norm scaling (Huang et al. 2025)")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import stages
 from .lowbit import storage as lowbit
 from .lowbit.codec import swap_nibbles
 from .sharded.context import chunk_range, planning_shards
@@ -71,6 +72,8 @@ class StateIO:
                         states += _elem_bytes(torch.promote_types(p.dtype, torch.float32))
                     projectors += basis_store.planned_bytes(p.shape, plan.rank, plan.side, group)
                 else:
+                    states += _COUNTER
+                if stages.active(group):
                     states += _COUNTER
         return {"states": states, "projectors": projectors}
 
@@ -196,6 +199,8 @@ class StateIO:
         expected = lowbit.stored_shapes(self._layouts(p, group)[0])
         if plan.projected:
             expected.update(basis_store.expected_shapes(p.shape, plan.rank, plan.side, group))
+        if stages.active(group):
+            expected[stages.COUNTER] = ()
         for key, shape in expected.items():
             got = state.get(key)
             if got is None or tuple(got.shape) != tuple(shape):

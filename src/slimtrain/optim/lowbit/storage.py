@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import stages
 from ..rules import get_rule
 from ..util import ceil_div, pad_flat
 from .codec import block_size, dequantize_blocks, quantize_blocks
@@ -103,8 +104,10 @@ def layout(group: dict, rule: str, like: Tensor, shape, global_shape=None) -> La
     update's shape when ``shape`` is a shard's — whether a moment is quantized depends on the
     whole tensor's size, so every rank (and one process) decides alike."""
     kernel = get_rule(rule)
-    moments = kernel.moment_shapes(tuple(shape), group)
-    whole = moments if global_shape is None else kernel.moment_shapes(tuple(global_shape), group)
+    extra = stages.moment_shapes(group)  # the spike stages' scalars are moments too
+    moments = {**kernel.moment_shapes(tuple(shape), group), **extra}
+    whole = moments if global_shape is None else {
+        **kernel.moment_shapes(tuple(global_shape), group), **extra}
     return {key: (_storage(group, like.dtype, math.prod(whole[key]), key not in kernel.nonnegative),
                   tuple(s)) for key, s in moments.items()}
 

@@ -9,21 +9,39 @@
 | frugal | ``FRUGAL`` | ``frugal.py`` |
 | q-galore | ``QGaLore`` | ``q_galore.py`` |
 | natural-galore | ``NaturalGaLore`` | ``natural_galore.py`` |
+| lion | ``Lion`` | ``lion.py`` |
+| adafactor | ``Adafactor`` | ``adafactor.py`` |
+| adabelief | ``AdaBelief`` | ``adabelief.py`` |
+| adan | ``Adan`` | ``adan.py`` |
+| adam-mini | ``AdamMini`` | ``adam_mini.py`` |
+| sgd-sai | ``SGDSaI`` | ``sgd_sai.py`` |
+| sophia | ``Sophia`` | ``sophia.py`` |
+| spam, stable-spam | ``SPAM``, ``StableSPAM`` | ``spam.py`` |
 
 Each file opens with a table of where its math lives; ``base.py`` holds the config blocks and the
 recipe base classes, ``rest.py`` the rules of the parameters outside ``targets``.
 """
 
+from .adabelief import AdaBelief
+from .adafactor import Adafactor
+from .adam_mini import AdamMini
 from .adamw import AdamW, AdamW4bit, AdamW8bit
+from .adan import Adan
 from .apollo import APOLLO, APOLLOMini
-from .base import ProjectedRecipe, Recipe
+from .base import ProjectedRecipe, Recipe, RuleRecipe
 from .fira import Fira
 from .frugal import FRUGAL
 from .galore import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion
+from .lion import Lion
 from .natural_galore import NaturalGaLore
 from .q_galore import QGaLore
 from .rest import register_rest, rest_keys, rest_names
+from .sgd_sai import SGDSaI
+from .sophia import Sophia
+from .spam import SPAM, StableSPAM
 
-__all__ = ["APOLLO", "FRUGAL", "APOLLOMini", "AdamW", "AdamW4bit", "AdamW8bit", "Fira",
+__all__ = ["APOLLO", "FRUGAL", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
+           "AdamW", "AdamW4bit", "AdamW8bit", "Adan", "Fira", "Lion", "RuleRecipe", "SGDSaI",
+           "Sophia", "StableSPAM",
            "GaLoreAdafactor", "GaLoreAdamW", "GaLoreAdamW8bit", "GaLoreLion", "NaturalGaLore",
            "ProjectedRecipe", "QGaLore", "Recipe", "register_rest", "rest_keys", "rest_names"]

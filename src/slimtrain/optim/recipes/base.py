@@ -66,8 +66,23 @@ class Subspace:
 
 
 @dataclass
-class Runtime:
-    """How the step runs and stores its state; every recipe takes these."""
+class Spike:
+    """The spike stages (``optim/stages.py``: SPAM's resets, warm-up and spike clipping,
+    Stable-SPAM's AdaClip and AdaGN); every recipe takes them, all off by default."""
+
+    reset_every: int | None = like(PipelineOptions, "reset_every")
+    reset_warmup: int = like(PipelineOptions, "reset_warmup")
+    reset_count: bool = like(PipelineOptions, "reset_count")
+    spike_threshold: float | None = like(PipelineOptions, "spike_threshold")
+    spike_after: int = like(PipelineOptions, "spike_after")
+    clip_decay: float | None = like(PipelineOptions, "clip_decay")
+    norm_decays: tuple | None = like(PipelineOptions, "norm_decays")
+    norm_eps: float = like(PipelineOptions, "norm_eps")
+
+
+@dataclass
+class Runtime(Spike):
+    """How the step runs and stores its state (and the spike stages); every recipe takes these."""
 
     foreach: bool = like(PipelineOptions, "foreach")
     fused: bool | None = like(PipelineOptions, "fused")
@@ -145,3 +160,31 @@ class ProjectedRecipe(Recipe):
         groups = build_param_groups(model_or_params, projection=projected, targets=config.targets,
                                     rest=rest_keys(config.rest, rule))
         return split_no_decay(groups, config.no_decay), defaults
+
+
+@dataclass
+class OptionalProjection(Projection):
+    """Projection for the recipes of one rule, off unless ``rank`` is given: ``rank=128`` makes
+    Lion, AdaBelief, Adan, … run GaLore-style in a subspace of the target matrices."""
+
+    rank: int | None = like(PipelineOptions, "rank", None)
+
+
+class RuleRecipe(ProjectedRecipe):
+    """A recipe that runs one rule on every parameter — or, with ``rank``, GaLore-style on the
+    target matrices (the rest with ``rest``). ``projectable = False``: ``rank`` is refused."""
+
+    projectable = True
+
+    def param_groups_for(self, model_or_params, config):
+        if config.rank is None:
+            if config.targets is not None:
+                raise ValueError("targets= chooses the matrices to project: give rank= too (or "
+                                 "drop targets=)")
+            return Recipe.param_groups_for(self, model_or_params, config)
+        if not self.projectable:
+            raise ValueError(f"{type(self).__name__} does not run in a projected subspace "
+                             f"({self.why_not_projected}); drop rank=")
+        return super().param_groups_for(model_or_params, config)
+
+    why_not_projected = ""

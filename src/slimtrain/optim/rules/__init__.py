@@ -6,6 +6,11 @@
 | ``lion`` | ``lion.py`` | exp_avg |
 | ``adafactor`` | ``adafactor.py`` | exp_avg_sq_row/_col (or exp_avg_sq), exp_avg with beta1 |
 | ``natural`` | ``natural.py`` (Woodbury, then Adam) | Adam's + history |
+| ``adabelief`` | ``adabelief.py`` (RAdam rectification optional) | exp_avg, exp_avg_var |
+| ``adan`` | ``adan.py`` | exp_avg, exp_avg_diff, exp_avg_sq, previous_grad |
+| ``adam-mini`` | ``adam_mini.py`` (blocks: rows / heads / tensor) | exp_avg, one exp_avg_sq per block |
+| ``sgd-sai`` | ``sgd_sai.py`` | momentum_buffer, gsnr (one number) |
+| ``sophia`` | ``sophia.py`` (SophiaG; reads ``hessian_grads``) | exp_avg, hessian |
 
 The interface is in ``base.py``. A registered rule trains, checkpoints and resumes like these: its
 moments are allocated, stored in low bits, planned and checked on load from ``moment_shapes``.
@@ -16,11 +21,16 @@ from __future__ import annotations
 import dataclasses
 
 from ...userinput import did_you_mean
+from .adabelief import AdaBeliefRule
 from .adafactor import AdafactorRule
 from .adam import ADAM, AdamRule
+from .adam_mini import AdamMiniRule
+from .adan import AdanRule
 from .base import Rule, decay_, decay_factor
 from .lion import LionRule
 from .natural import NaturalRule
+from .sgd_sai import SGDSaIRule
+from .sophia import SophiaRule
 
 RULES: dict[str, Rule] = {}
 
@@ -54,7 +64,8 @@ def unprojected_rule(name: str) -> str:
     return get_rule(name).unprojected or name
 
 
-for _rule in (ADAM, LionRule(), AdafactorRule(), NaturalRule()):
+for _rule in (ADAM, LionRule(), AdafactorRule(), NaturalRule(), AdaBeliefRule(), AdanRule(),
+              AdamMiniRule(), SGDSaIRule(), SophiaRule()):
     register_rule(_rule.name, _rule)
 
 __all__ = ["ADAM", "RULES", "AdamRule", "Rule", "decay_", "decay_factor", "get_rule",

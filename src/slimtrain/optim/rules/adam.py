@@ -13,7 +13,8 @@ GaLore's inner step, the 8/4-bit AdamWs) runs these kernels. They have two outpu
 
 Three implementations: a for-loop (the reference), foreach (multi-tensor), and fused (torch's
 ``_fused_adamw_`` kernel, one pass per tensor; ~5× faster than foreach on CPU). For-loop and
-foreach agree in float64 bit for bit; fused agrees to rounding. Fused needs ``eps_mode="torch"``.
+foreach agree in float64 bit for bit; fused agrees to rounding (with ``eps_mode="hf"`` it is called
+with eps/√(1−β₂ᵗ), one call per step count).
 A fourth, ``adam_elementwise``, is the same step as a pure function of tensors with tensor
 hyperparameters: the low-bit state kernel (``lowbit/kernel.py``) runs it between dequantize and
 requantize, eagerly or under torch.compile (Python-float hyperparameters would recompile there);
@@ -45,7 +46,7 @@ _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def fused_supported(tensors: list[Tensor], eps_mode: str) -> bool:
     """Whether torch's fused AdamW kernel can run on these tensors."""
-    return (eps_mode == "torch" and hasattr(torch, "_fused_adamw_")
+    return (eps_mode in EPS_MODES and hasattr(torch, "_fused_adamw_")
             and all(t.dtype in _FUSED_DTYPES and t.device.type in ("cpu", "cuda", "mps", "xpu")
                     and not t.is_sparse for t in tensors))
 
@@ -149,8 +150,6 @@ def _layout(t: Tensor) -> tuple:
 
 def _fused(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps_mode, params, lr,
            weight_decay):
-    if eps_mode != "torch":
-        raise ValueError('the fused Adam kernel places eps as torch does; use eps_mode="torch"')
     # The kernel walks every tensor of a call with the same linear index: layouts must agree.
     for g, m in zip(grads, exp_avgs):
         if _layout(g) != _layout(m):
@@ -160,16 +159,20 @@ def _fused(grads, exp_avgs, exp_avg_sqs, steps, *, beta1, beta2, eps, eps_mode, 
     # Without params, run the kernel on zero "parameters" with lr=1: they come out as
     # -m_hat / (sqrt(v_hat) + eps), i.e. the direction with factor -1.
     targets = params if params is not None else [torch.zeros_like(g) for g in grads]
+    # one call per device and dtype (and, with eps_mode="hf", per step count: eps/√(1−β₂ᵗ))
     by_device: dict[tuple, list[int]] = {}
     for i, g in enumerate(grads):
-        by_device.setdefault((g.device, g.dtype), []).append(i)
-    for (device, _), idx in by_device.items():
+        t = float(steps[i].item()) if eps_mode == "hf" else 0.0
+        by_device.setdefault((g.device, g.dtype, t), []).append(i)
+    for (device, _, t), idx in by_device.items():
+        eps_t = eps if eps_mode == "torch" else _effective_eps(
+            eps, [bias_corrections(t, beta1, beta2)[1] ** 0.5], eps_mode)[0]
         torch._fused_adamw_(
             [targets[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
             [exp_avg_sqs[i] for i in idx], [],
             [steps[i].to(device, non_blocking=True) for i in idx],
             lr=lr if params is not None else 1.0, beta1=beta1, beta2=beta2,
-            weight_decay=weight_decay if params is not None else 0.0, eps=eps,
+            weight_decay=weight_decay if params is not None else 0.0, eps=eps_t,
             amsgrad=False, maximize=False,
         )
     return None if params is not None else (targets, [-1.0] * len(targets))

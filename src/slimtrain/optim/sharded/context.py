@@ -70,10 +70,11 @@ class Shards:
         return chunk_range(n, self.world, self.rank)
 
     # ---------------------------------------------------------------- collectives
-    def all_reduce_(self, t: Tensor) -> Tensor:
-        """Sum over the ranks, in place."""
+    def all_reduce_(self, t: Tensor, op: str = "sum") -> Tensor:
+        """Sum (or ``op="max"``: maximum) over the ranks, in place."""
         COMM.add("all_reduce", t)
-        dist.all_reduce(t, group=self.group)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM,
+                        group=self.group)
         return t
 
     def gather(self, local: Tensor, size: int, dim: int) -> Tensor:

@@ -50,6 +50,9 @@ class Part:
     def sum_(self, t: Tensor) -> Tensor:
         return self.shards.all_reduce_(t)
 
+    def max_(self, t: Tensor) -> Tensor:
+        return self.shards.all_reduce_(t, op="max")
+
     @property
     def numel(self) -> int:
         return math.prod(self.whole_shape)

@@ -75,13 +75,12 @@ def overlap(new: Tensor, old: Tensor, side: str) -> Tensor:
     return new.t() @ old if side == "left" else new @ old.t()
 
 
-def reproject_moments_(exp_avg: Tensor, exp_avg_sq: Tensor, old: Tensor, new: Tensor,
+def reproject_moments_(moments: dict[str, tuple[Tensor, str]], old: Tensor, new: Tensor,
                        side: str) -> None:
-    """Carry Adam's moments from the ``old`` basis to the ``new`` one (see module docstring)."""
+    """Carry a rule's moments from the ``old`` basis to the ``new`` one (see module docstring):
+    ``moments`` maps each to (tensor, "first" | "second") — a linear moment (Adam's M) maps by C,
+    a variance (Adam's V) by C∘C."""
     C = overlap(new, old, side)
-    if side == "left":
-        exp_avg.copy_(C.to(exp_avg.dtype) @ exp_avg)
-        exp_avg_sq.copy_((C * C).to(exp_avg_sq.dtype) @ exp_avg_sq)
-    else:
-        exp_avg.copy_(exp_avg @ C.t().to(exp_avg.dtype))
-        exp_avg_sq.copy_(exp_avg_sq @ (C * C).t().to(exp_avg_sq.dtype))
+    for t, kind in moments.values():
+        M = (C * C if kind == "second" else C).to(t.dtype)
+        t.copy_(M @ t if side == "left" else t @ M.t())

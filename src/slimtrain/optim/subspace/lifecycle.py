@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..._warnings import warn
+from .. import stages
 from ..lowbit import storage as lowbit
 from ..rules import get_rule
 from ..sharded.finder import sharded_select_basis
@@ -41,6 +42,8 @@ def init_state(group, p: Tensor, plan: ParamPlan, state: dict, shape=None, whole
     state["moment_step"] = torch.tensor(0.0, dtype=torch.float32)
     shape = projected_shape(p.shape, plan.rank, plan.side) if shape is None else shape
     lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, shape, whole), p.device)
+    if stages.active(group):
+        state[stages.COUNTER] = torch.tensor(0.0, dtype=torch.float32)
     if group["limiter"] is not None:
         # at least float32 whatever the parameter (bf16 would make the 1% limit coarse)
         state["limiter_norm"] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
@@ -63,21 +66,17 @@ def _switch(group, p: Tensor, plan: ParamPlan, state: dict, previous: Tensor | N
     mine, whole = shapes or (projected_shape(p.shape, plan.rank, plan.side),) * 2
     layout = lowbit.layout(group, plan.rule, p, mine, whole)
     if group["switch"] == "reset":
-        for key in lowbit.stored_shapes(layout):  # zero codes with zero scales are zero moments
-            state[key].zero_()
+        rule_keys = set(rule.moment_shapes(mine, group))  # the spike stages' scalars stay
+        for key in lowbit.stored_shapes({k: v for k, v in layout.items() if k in rule_keys}):
+            state[key].zero_()  # zero codes with zero scales are zero moments
         state["moment_step"].zero_()
     elif group["switch"] == "reproject":
-        moments = rule.reprojectable
-        first = next(k for k, v in moments.items() if v == "first")
-        second = next((k for k, v in moments.items() if v == "second"), None)
         # Low-bit moments are carried in float32 and requantized; others in place.
-        m = lowbit.load_moment(state, first, *layout[first], dtype=None)
-        v = m.new_zeros(m.shape) if second is None else lowbit.load_moment(
-            state, second, *layout[second], dtype=None)
-        reproject_moments_(m, v, previous, basis, plan.side)
-        for key, value in ((first, m), (second, v)):
-            if key is not None:
-                lowbit.store_moment_(state, key, layout[key][0], value)
+        moments = {key: (lowbit.load_moment(state, key, *layout[key], dtype=None), kind)
+                   for key, kind in rule.reprojectable.items()}
+        reproject_moments_(moments, previous, basis, plan.side)
+        for key, (value, _) in moments.items():
+            lowbit.store_moment_(state, key, layout[key][0], value)
 
 
 def refresh_due(group: dict[str, Any], plan: ParamPlan, state: dict) -> bool:
