@@ -41,6 +41,17 @@ RECIPES = {
     "galore-adafactor": dict(lr=1e-2, **PROJ),
     "galore-adafactor:rest": dict(lr=1e-2, rest="adafactor", **PROJ),
     "galore-lion": dict(lr=1e-3, **PROJ),
+    # the seeds' optimizers (issue 18)
+    "lion": dict(lr=1e-4),
+    "adafactor": dict(lr=1e-3),
+    "adabelief": dict(lr=1e-3),
+    "adan": dict(lr=1e-3),
+    "adam-mini": dict(lr=1e-3),
+    "sgd-sai": dict(lr=1e-3),
+    "sophia": dict(lr=1e-4),
+    "spam": dict(lr=1e-3, reset_every=4, reset_warmup=2, spike_after=2, spike_threshold=4.0),
+    "stable-spam": dict(lr=1e-3, reset_every=4),
+    "adabelief:galore": dict(lr=1e-2, **PROJ),
 }
 
 
@@ -173,7 +184,8 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
 DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
-               "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion"]
+               "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion",
+               "adam-mini", "sgd-sai", "stable-spam"]
 SAVE_AT = 6
 
 
@@ -276,7 +288,8 @@ def load_on_one_process(name: str, out_dir: str) -> dict:
 
 
 # ------------------------------------------------------------------ layer-wise updates on FSDP2
-FUSED_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira", "galore-adafactor"]
+FUSED_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira", "galore-adafactor",
+                 "adam-mini", "stable-spam"]
 
 
 def layerwise(name: str, rank: int, fused: bool, grad_accum: int) -> dict:

@@ -9,7 +9,9 @@ An ordinary step (no refresh) moves, per the conventions of ``context.COMM``:
 * APOLLO's tensor scale on a right-projected matrix: ‖D‖ and ‖R‖ (2 scalars); a norm-growth
   limiter: one scalar, or for APOLLO's channel scale on the left the n column norms;
 * Adafactor's statistics: the sum along the split dimension (n, or r on the left), the row mean
-  and the RMS; the natural rule: its s×s Gram matrix and s projections.
+  and the RMS; the natural rule: its s×s Gram matrix and s projections; Adam-mini's per-tensor
+  blocks: Σ G²; the spike stages: AdaClip's max |G| and AdaGN's ‖G‖² (one scalar each);
+  SGD-SaI's SNR, at a tensor's first step only: Σ G and Σ G².
 
 The naive alternative — replicating each projected gradient before its step, as a DTensor does
 for an unsupported operation — moves m·n per projected matrix.
@@ -38,6 +40,7 @@ def step_bytes(optimizer, world: int) -> dict[str, int]:
         for p in params:
             plan = optimizer.plan_of(p)
             rule = get_rule(plan.rule)
+            ordinary += _stage_stats(group, elem=4)
             if not plan.projected:
                 ordinary += _rule_stats(rule, group, tuple(p.shape), dim=0, elem=4)
                 continue
@@ -66,7 +69,14 @@ def _rule_stats(rule, group, shape, dim: int, elem: int) -> int:
     if rule.name == "natural":
         s = group["history"]
         return s * s * elem + s * elem
+    if rule.name == "adam-mini" and group["block"] == "tensor":
+        return elem  # Σ G² over the tensor
     return 0
+
+
+def _stage_stats(group, elem: int) -> int:
+    """Bytes of the spike stages' reductions for one tensor: AdaClip's max |G|, AdaGN's ‖G‖²."""
+    return elem * ((group["clip_decay"] is not None) + (group["norm_decays"] is not None))
 
 
 def naive_ratio(optimizer, world: int) -> float:
