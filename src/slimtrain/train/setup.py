@@ -146,6 +146,8 @@ def optimizer_kwargs(config: TrainConfig, hidden_size: int) -> dict:
     elif config.rank is not None:
         raise UserError(f"--rank does not apply to {recipe.name}, which does not project gradients; "
                         "drop --rank or choose a projecting optimizer")
+    if recipe.default("bs") is not None and "bs" not in kwargs:  # SophiaG: tokens per step
+        kwargs["bs"] = config.batch_size * config.seq_len * config.grad_accum * config.nproc
     unknown = [k for k in kwargs if not recipe.accepts(k)]
     if unknown:
         options = [o.name for o in recipe.options()]

@@ -12,6 +12,7 @@ import torch
 from .._warnings import warn
 from ..data.blocks import IGNORE_INDEX
 from ..errors import UserError
+from . import sophia
 from .setup import Run
 
 
@@ -32,17 +33,18 @@ def predicted_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def step_inputs(run: Run, loss: torch.Tensor) -> dict:
+def step_inputs(run: Run, loss: torch.Tensor, curvature: dict | None = None) -> dict:
     """The extra ``step()`` inputs the optimizer's rules declared that the trainer provides:
-    ``loss`` (the step's mean loss per predicted token, detached, on the device)."""
+    ``loss`` (the step's mean loss per predicted token, detached, on the device) and SophiaG's
+    ``hessian_grads`` (``train/sophia.py``; None on the steps without an estimate)."""
     needs = getattr(run.optimizer, "step_inputs", frozenset())
-    provided = {"loss": loss}
+    provided = {"loss": loss, sophia.INPUT: curvature}
     missing = sorted(set(needs) - set(provided) - {"closure"})
     if missing:
         raise UserError(f"optimizer {run.config.optimizer} needs the step input(s) "
                         f"{', '.join(missing)}, which the trainer does not provide; train it with "
                         "your own loop (optimizer.step(**inputs))")
-    return {k: v for k, v in provided.items() if k in needs}
+    return {k: v for k, v in provided.items() if k in needs and v is not None}
 
 
 def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | None]:
@@ -75,6 +77,11 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
         return None, None
     total = torch.zeros((), device=run.device)
     module = run.train_module or run.model
+    curvature = None
+    if sophia.needed(run.optimizer) and sophia.due(run):  # one extra backward every k steps
+        ids, labels = batches[0]
+        curvature = sophia.estimate(run, module, ids.to(run.device), labels.to(run.device),
+                                    _autocast(run))
     # DDP and FSDP average the ranks' gradients: per rank, the sum over its tokens divided by the
     # global count / world makes that average the global token mean
     items = count if d is None else torch.tensor(count / world, device=run.device)
@@ -92,7 +99,7 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     clip_here = cfg.grad_clip > 0 and run.fused is None  # the layer-wise handle clips by itself
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
                  if clip_here else None)
-    inputs = step_inputs(run, total)
+    inputs = step_inputs(run, total, curvature)
     _sync(run.device)
     started = time.perf_counter()
     run.updating = True

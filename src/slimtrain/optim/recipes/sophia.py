@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import option
 from ..rules.sophia import SophiaHyper
 from .base import Base, OptionalProjection, RuleRecipe, Runtime, Subspace, like
 
@@ -19,6 +20,9 @@ from .base import Base, OptionalProjection, RuleRecipe, Runtime, Subspace, like
 class SophiaConfig(Runtime, Subspace, OptionalProjection, SophiaHyper, Base):
     lr: float = like(Base, "lr", 1e-4)
     weight_decay: float = like(Base, "weight_decay", 0.1)
+    hessian_every: int = option(10, "k: steps between curvature estimates (read by the trainer; "
+                                "your own loop passes hessian_grads every k steps)", low=1,
+                                integer=True)
 
 
 class Sophia(RuleRecipe):
