@@ -1,6 +1,7 @@
 """Optimizer step time and state bytes, side by side in one process, on the GaLore paper's LLaMA-60M.
 
-    python benchmarks/optimizer_step.py [--sets galore,apollo,fira,more] [--rank 128] [--rounds 3]
+    python benchmarks/optimizer_step.py [--sets galore,apollo,fira,more,sign,adam-like,sgd-like,spike]
+                                        [--rank 128] [--rounds 3]
 
 Every optimizer gets its own copy of the same model (hidden 512, intermediate 1376, 8 layers,
 vocab 32000: 58.07M parameters) and the same pre-filled gradients. The recipes are run in *sets*,
@@ -48,6 +49,8 @@ def state_bytes(opt) -> tuple[int, int]:
     projector objects are counted by their matrix."""
     total = projectors = 0
     for st in opt.state.values():
+        if not isinstance(st, dict):  # pytorch-optimizer's SPAM keeps its step counts here
+            continue
         for key, v in st.items():
             if torch.is_tensor(v):
                 total += v.nbytes
@@ -92,7 +95,18 @@ def recipe_sets(args):
             ("slimtrain q-galore", lambda m: so.QGaLore(m, rank=r, refresh_every=T), False),
             ("slimtrain natural-galore", lambda m: so.NaturalGaLore(m, rank=r, refresh_every=T), False),
         ],
+        # the seeds' optimizers (no subspace: their "refresh" steps are ordinary steps)
+        "sign": [("slimtrain lion", lambda m: so.Lion(m), False),
+                 ("slimtrain sophia", lambda m: so.Sophia(m), False)],
+        "adam-like": [("slimtrain adabelief", lambda m: so.AdaBelief(m), False),
+                      ("slimtrain adan", lambda m: so.Adan(m), False),
+                      ("slimtrain adam-mini", lambda m: so.AdamMini(m), False)],
+        "sgd-like": [("slimtrain sgd-sai", lambda m: so.SGDSaI(m), False),
+                     ("slimtrain adafactor", lambda m: so.Adafactor(m), False)],
+        "spike": [("slimtrain spam", lambda m: so.SPAM(m), False),
+                  ("slimtrain stable-spam", lambda m: so.StableSPAM(m), False)],
     }
+    _add_seed_references(sets)
     if _have("galore_torch"):
         from galore_torch import GaLoreAdafactor, GaLoreAdamW
 
@@ -116,6 +130,61 @@ def recipe_sets(args):
         fira = dict(rank=r, update_proj_gap=T, alpha=0.25, proj_type="std")
         sets["fira"].append(("fira FiraAdamW", lambda m: FiraAdamW(reference_groups(m, **fira), lr=1e-2), True))
     return sets
+
+
+def _add_seed_references(sets):
+    """The seeds' packages, as a user would build them (their defaults)."""
+    if _have("lion_pytorch"):
+        from lion_pytorch import Lion
+
+        sets["sign"].append(("lion-pytorch Lion", lambda m: Lion(m.parameters()), True))
+    if _have("sophia_opt"):
+        from sophia_opt import SophiaG
+
+        sets["sign"].append(("sophia-opt SophiaG", lambda m: SophiaG(m.parameters()), True))
+    if _have("adabelief_pytorch"):
+        from adabelief_pytorch import AdaBelief
+
+        sets["adam-like"].append(("adabelief-pytorch AdaBelief", lambda m: AdaBelief(
+            m.parameters(), print_change_log=False), True))
+    if _have("pytorch_optimizer"):
+        import pytorch_optimizer as po
+
+        sets["adam-like"].append(("pytorch-optimizer Adan", lambda m: po.Adan(m.parameters()), True))
+        sets["spike"] += [("pytorch-optimizer SPAM", lambda m: po.SPAM(m.parameters()), True),
+                          ("pytorch-optimizer StableSPAM", lambda m: po.StableSPAM(m.parameters()), True)]
+    if _have("adam_mini"):
+        from adam_mini import Adam_mini
+
+        def adam_mini(m):
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                return Adam_mini(m.named_parameters(), dim=512, n_heads=8, verbose=False)
+        sets["adam-like"].append(("adam-mini Adam_mini", adam_mini, True))
+    if _have("sgd_sai"):
+        from sgd_sai import SGD_sai
+
+        sets["sgd-like"].append(("sgd-sai SGD_sai", lambda m: _Quiet(SGD_sai(m.parameters())), True))
+    from transformers.optimization import Adafactor
+
+    sets["sgd-like"].append(("transformers Adafactor", lambda m: Adafactor(
+        m.parameters(), lr=1e-3, relative_step=False, scale_parameter=False, warmup_init=False), True))
+
+
+class _Quiet:
+    """An optimizer whose step prints (sgd-sai's first step), silenced."""
+
+    def __init__(self, opt):
+        self.opt, self.state = opt, opt.state
+
+    def step(self):
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.opt.step()
 
 
 def time_set(members, base, grads, args):
@@ -149,7 +218,7 @@ def time_set(members, base, grads, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="galore,apollo,fira,more")
+    parser.add_argument("--sets", default="galore,apollo,fira,more,sign,adam-like,sgd-like,spike")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--refresh-every", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3, help="refresh periods to time (steps = rounds × refresh-every)")
@@ -198,6 +267,11 @@ REFERENCE_OF = {  # slimtrain recipe → the authors' package it is compared wit
     # no installable package of their own: compared with the GaLore they extend
     "q-galore": "galore-torch GaLoreAdamW", "natural-galore": "galore-torch GaLoreAdamW",
     "galore-lion": "galore-torch GaLoreAdamW",
+    "lion": "lion-pytorch Lion", "sophia": "sophia-opt SophiaG",
+    "adabelief": "adabelief-pytorch AdaBelief", "adan": "pytorch-optimizer Adan",
+    "adam-mini": "adam-mini Adam_mini", "sgd-sai": "sgd-sai SGD_sai",
+    "adafactor": "transformers Adafactor", "spam": "pytorch-optimizer SPAM",
+    "stable-spam": "pytorch-optimizer StableSPAM",
 }
 
 

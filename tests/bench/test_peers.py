@@ -138,3 +138,20 @@ def test_galore_torch_8bit_steps_on_a_cpu_and_leaves_cuda_synchronize_alone():
     schedule.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()) if p.dim() == 2)
     assert torch.cuda.synchronize is sync
+
+
+@pytest.mark.peers
+def test_sophia_opt_takes_the_trainers_curvature_estimate():
+    pytest.importorskip("sophia_opt")
+    peer = next(p for p in PEERS if p.name == "sophia-opt")
+    model = tiny_llama()
+    opt = peer.build(model, 1e-3, 0.0, None, {"tokens_per_step": 128, "hessian_every": 3})
+    assert opt.step_inputs == {"hessian_grads"} and opt.config.hessian_every == 3
+    one_step(model, opt)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step(hessian_grads={p: torch.full_like(p, 2.0) for p in params})
+    h = opt.state[params[0]]["hessian"]
+    assert torch.allclose(h, torch.full_like(h, (1 - 0.99) * 4.0))
+    assert torch.equal(params[0].grad, torch.ones_like(params[0]))  # the step's own gradient back

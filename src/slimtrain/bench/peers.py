@@ -51,6 +51,9 @@ def foreign_state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
             totals[part] += t.nbytes
 
     for state in opt.state.values():
+        if not isinstance(state, dict):  # pytorch-optimizer's SPAM keeps its step counts here
+            totals["states"] += 8
+            continue
         for value in state.values():
             if isinstance(value, torch.Tensor):
                 add(value, "states")
@@ -183,6 +186,100 @@ def _adamw_pergroup(model, lr, wd, rank, options):
     return AdamW([{"params": targets, "lr": lr * ratio}, {"params": rest, "lr": lr}], lr=lr, weight_decay=wd)
 
 
+# ---------------------------------------------------------------- the seeds' optimizers (issue 18)
+def _plain(make):
+    """A package optimizer over every parameter at (lr, weight decay)."""
+    def build(model, lr, wd, rank, options):
+        return _measured(make(model, lr, wd))
+    return build
+
+
+def _lion(model, lr, wd):
+    from lion_pytorch import Lion
+
+    return Lion(model.parameters(), lr=lr, weight_decay=wd)
+
+
+def _adabelief(model, lr, wd):
+    from adabelief_pytorch import AdaBelief
+
+    return AdaBelief(model.parameters(), lr=lr, weight_decay=wd, print_change_log=False)
+
+
+def _po(name):
+    def make(model, lr, wd):
+        import pytorch_optimizer
+
+        return getattr(pytorch_optimizer, name)(model.parameters(), lr=lr, weight_decay=wd)
+    return make
+
+
+def _adam_mini(model, lr, wd):
+    import contextlib
+    import io
+
+    from adam_mini import Adam_mini
+
+    cfg = model.config
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Adam_mini(model.named_parameters(), lr=lr, weight_decay=wd, dim=cfg.hidden_size,
+                         n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_key_value_heads,
+                         verbose=False)
+
+
+class _Quiet(torch.optim.Optimizer):
+    """sgd-sai prints three lines at its first step: silenced."""
+
+    def __init__(self, inner):
+        self.__dict__.update(inner.__dict__)
+        self._inner = inner
+
+    def step(self, closure=None):
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self._inner.step(closure)
+
+
+def _sgd_sai(model, lr, wd):
+    from sgd_sai import SGD_sai
+
+    return _Quiet(SGD_sai(model.parameters(), lr=lr, weight_decay=wd))
+
+
+def _adafactor(model, lr, wd):
+    from transformers.optimization import Adafactor
+
+    return Adafactor(model.parameters(), lr=lr, weight_decay=wd, relative_step=False,
+                     scale_parameter=False, warmup_init=False)
+
+
+def _sophia_opt(model, lr, wd, rank, options):
+    """sophia-opt's SophiaG fed by the trainer's curvature estimate (``train/sophia.py``): the
+    estimate becomes p.grad for ``update_hessian()`` just before the step it comes with."""
+    from sophia_opt import SophiaG
+
+    from ..optim.rules.sophia import INPUT
+
+    class Fed(SophiaG):
+        step_inputs = frozenset({INPUT})
+        config = types.SimpleNamespace(hessian_every=options.get("hessian_every", 10))
+
+        def step(self, closure=None, **inputs):
+            estimate = inputs.get(INPUT)
+            if estimate:
+                held = {p: p.grad for p in estimate}
+                for p, g in estimate.items():
+                    p.grad = g
+                self.update_hessian()
+                for p, g in held.items():
+                    p.grad = g
+            return super().step(closure, bs=options.get("tokens_per_step", 5120))
+
+    return _measured(Fed(model.parameters(), lr=lr, weight_decay=wd))
+
+
 def _peer(name, label, build, *, reference_of=None, module=None, pip=None, center=1e-2, rank=None,
           options=frozenset(), summary="", **kw) -> Method:
     return Method(name=name, label=label, kind="peer", center_lr=center, summary=summary, build=build,
@@ -224,6 +321,30 @@ PEERS = [
     _peer("bnb-adamw8bit", "bitsandbytes AdamW8bit", _bnb_adamw8bit, reference_of="adamw8bit",
           module="bitsandbytes", pip="bitsandbytes", center=ADAMW_CENTER_LR,
           summary="bitsandbytes' 8-bit AdamW"),
+    # the seeds' optimizers next to their packages (each at the recipe's own default lr)
+    _peer("lion-pytorch", "lion-pytorch Lion", _plain(_lion), reference_of="lion",
+          module="lion_pytorch", pip="lion-pytorch", center=1e-4, summary="lucidrains' Lion"),
+    _peer("adabelief-pytorch", "adabelief-pytorch AdaBelief", _plain(_adabelief),
+          reference_of="adabelief", module="adabelief_pytorch", pip="adabelief-pytorch",
+          center=1e-3, summary="the AdaBelief authors' package"),
+    _peer("po-adan", "pytorch-optimizer Adan", _plain(_po("Adan")), reference_of="adan",
+          module="pytorch_optimizer", pip="pytorch-optimizer", center=1e-3,
+          summary="pytorch-optimizer's Adan (the authors' algorithm)"),
+    _peer("adam-mini-pkg", "adam-mini Adam_mini", _plain(_adam_mini), reference_of="adam-mini",
+          module="adam_mini", pip="adam-mini", center=1e-3, summary="the Adam-mini authors' package"),
+    _peer("sgd-sai-pkg", "sgd-sai SGD_sai", _plain(_sgd_sai), reference_of="sgd-sai",
+          module="sgd_sai", pip="sgd-sai", center=1e-2, summary="the SGD-SaI authors' package"),
+    _peer("hf-adafactor", "transformers Adafactor", _plain(_adafactor), reference_of="adafactor",
+          center=1e-3, summary="transformers' Adafactor (relative_step=False, scale_parameter=False)"),
+    _peer("sophia-opt", "sophia-opt SophiaG", _sophia_opt, reference_of="sophia",
+          module="sophia_opt", pip="sophia-opt", center=1e-4, options=frozenset({"hessian_every"}),
+          summary="the Sophia authors' SophiaG, fed the trainer's curvature estimate"),
+    _peer("po-spam", "pytorch-optimizer SPAM", _plain(_po("SPAM")), reference_of="spam",
+          module="pytorch_optimizer", pip="pytorch-optimizer", center=1e-3,
+          summary="pytorch-optimizer's SPAM (its defaults: warm-up 50 steps)"),
+    _peer("po-stable-spam", "pytorch-optimizer StableSPAM", _plain(_po("StableSPAM")),
+          reference_of="stable-spam", module="pytorch_optimizer", pip="pytorch-optimizer",
+          center=1e-3, summary="pytorch-optimizer's StableSPAM"),
     # No published lr for LoRA pretraining at this scale; a pilot put its optimum between 2e-3 and 1e-2.
     _peer("lora", "peft LoRA + AdamW", _lora, module="peft", pip="peft", rank=128, center=5e-3,
           options=frozenset({"rank", "alpha"}),

@@ -34,6 +34,9 @@ def _factory(spec: dict[str, Any], method: Method):
     from ..train.setup import default_rank
 
     options = spec["options"]  # the method's own and the benchmark's (rank aside), see recipe_kwargs
+    train = spec["train"]  # SophiaG's bs, as the trainer gives the recipe (train/setup.py)
+    options = {"tokens_per_step": train["batch_size"] * train["seq_len"] * train.get("grad_accum", 1),
+               **options}
 
     def build(model):
         rank = spec["rank"]

@@ -54,7 +54,10 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
     fits: list[Fit] = []
     weights_only = None
     for name in names:
-        ranks = rank_ladder(config.hidden_size) if recipe_accepts(name, "rank") else [None]
+        # recipes that project by default get the rank ladder; the one-rule recipes (lion, …)
+        # are planned as they are (their rank= variants are the galore-* recipes' plans)
+        projects = isinstance(optim.recipe(name).default("rank"), int)
+        ranks = rank_ladder(config.hidden_size) if projects else [None]
         bits = [32, 8] if recipe_accepts(name, "state_bits") else [None]
         fused = [False, True]  # layer-wise updates are a mode of every slimtrain optimizer
         for rank in ranks:
