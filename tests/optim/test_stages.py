@@ -87,3 +87,13 @@ def test_the_planner_counts_the_stage_counter_and_scalars():
     assert opt.state_bytes() == planned
     adamw = so.create("adamw", named_params()).planned_state_bytes()["states"]
     assert planned["states"] - adamw == len(named) * (4 + 3 * 4)  # a counter and 3 scalars each
+
+
+def test_a_zero_gradient_passes_the_stages_as_zero():
+    named = named_params()
+    opt = so.create("stable-spam", named)
+    for k in range(2):
+        for _, p in named:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert all(torch.isfinite(t).all() for st in opt.state.values() for t in st.values())

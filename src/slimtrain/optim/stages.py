@@ -82,13 +82,6 @@ def _write(state, lay, key, value: Tensor) -> None:
     lowbit.store_moment_(state, key, lay[key][0], value)
 
 
-def _max(t: Tensor, part) -> Tensor:
-    m = t.abs().max()
-    if part is not None:
-        m = part.max_(m.clone())
-    return m
-
-
 def _norm(t: Tensor, part) -> Tensor:
     if part is None:
         return torch.linalg.vector_norm(t)
@@ -109,18 +102,29 @@ def apply(group: dict[str, Any], rule_moments: tuple[str, ...], grad: Tensor, st
                 tensor.zero_()
         if group["reset_count"]:
             state[count_key].zero_()
+    owned = False  # whether grad is our own copy yet (the user's gradient is never written)
     threshold, after = group["spike_threshold"], group["spike_after"]
     if threshold is not None and t >= after and (every is None or t % every >= after):
-        limit = _read(state, lay, "exp_avg_sq").to(grad.dtype).mul(threshold)
-        grad = torch.where(grad.square() > limit, grad.sign() * limit.sqrt(), grad)
+        # g² > θV ⇔ |g| > √(θV): the clip sign(g)·√(θV) is a clamp to ±√(θV)
+        limit = _read(state, lay, "exp_avg_sq").to(grad.dtype).mul(threshold).sqrt_()
+        grad = torch.minimum(grad, limit)
+        torch.maximum(grad, limit.neg_(), out=grad)
+        owned = True
     if group["clip_decay"] is not None:
         decay = group["clip_decay"]
-        top = _max(grad, part)
+        size = grad.abs()
+        top = size.max()
+        if part is not None:
+            top = part.max_(top)
         m = _read(state, lay, "clip_max")
         m.lerp_(top.to(m.dtype), 1 - decay)
         _write(state, lay, "clip_max", m)
         bound = m.to(grad.dtype) / (1 - decay ** t)
-        grad = torch.where(grad.abs() > bound, grad / top * bound, grad)
+        # where |g| > bound: g·bound/max|g|; elsewhere g (factor 1 + 0·(…) = 1 exactly)
+        ratio = torch.where(top > 0, bound / top, torch.ones_like(bound))  # a zero gradient stays
+        factor = size.gt_(bound).mul_(ratio - 1).add_(1)
+        grad = factor.mul_(grad)
+        owned = True
     if group["norm_decays"] is not None:
         g1, g2 = group["norm_decays"]
         n = _norm(grad, part)
@@ -131,5 +135,6 @@ def apply(group: dict[str, Any], rule_moments: tuple[str, ...], grad: Tensor, st
             _write(state, lay, "norm_avg", a)
             _write(state, lay, "norm_sq_avg", b)
             target = (a / (1 - g1 ** t)) / ((b / (1 - g2 ** t)).sqrt() + group["norm_eps"])
-            grad = grad / n * target.to(grad.dtype)
+            scale = (target / n).to(grad.dtype)
+            grad = grad.mul_(scale) if owned else grad * scale
     return grad, warmup_scale(group, t)

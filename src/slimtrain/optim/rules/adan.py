@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Hyper, option
-from .base import Rule
+from .base import Rule, decay_
 
 
 @dataclass
@@ -42,34 +42,59 @@ class AdanRule(Rule):
         return {"exp_avg": shape, "exp_avg_diff": shape, "exp_avg_sq": shape,
                 "previous_grad": shape}
 
-    def directions(self, grads, moments, counts, group, impl, inputs=None):
-        beta1, beta2, beta3 = group["betas"]
-        directions = []
-        for g, m, count in zip(grads, moments, counts):
-            first = int(count.item()) == 0
-            count += 1
-            t = int(count.item())
-            prev = m["previous_grad"]
-            diff = torch.zeros_like(g) if first else g - prev
-            m["exp_avg"].lerp_(g, 1 - beta1)
-            m["exp_avg_diff"].lerp_(diff, 1 - beta2)
-            nesterov = diff.mul_(beta2).add_(g)
-            m["exp_avg_sq"].mul_(beta3).addcmul_(nesterov, nesterov, value=1 - beta3)
-            denom = (m["exp_avg_sq"].sqrt() / math.sqrt(1 - beta3 ** t)).add_(group["eps"])
-            d = m["exp_avg"] / (1 - beta1 ** t)
-            d.add_(m["exp_avg_diff"], alpha=beta2 / (1 - beta2 ** t)).div_(denom)
-            directions.append(d)
-            prev.copy_(g)
-        return directions, [1.0] * len(grads)
+    implementations = ("forloop", "foreach")
 
     def update(self, grads, moments, counts, group, impl, params=None, inputs=None):
-        if params is None or group["no_prox"]:
-            return super().update(grads, moments, counts, group, impl, params, inputs)
-        directions, _ = self.directions(grads, moments, counts, group, impl, inputs)
+        """One pass as pytorch-optimizer's (the previous gradient's buffer holds Δ, then G + β₂Δ,
+        then G: no temporary but the denominator). ``params`` given: applied in place
+        (proximal weight decay unless ``no_prox``); else (directions, 1/bc1)."""
+        beta1, beta2, beta3 = group["betas"]
+        m = [x["exp_avg"] for x in moments]
+        d = [x["exp_avg_diff"] for x in moments]
+        n = [x["exp_avg_sq"] for x in moments]
+        prev = [x["previous_grad"] for x in moments]
+        for g, b, c in zip(grads, prev, counts):
+            if int(c.item()) == 0:
+                b.copy_(g)  # Δ = 0 at the first step
+            c += 1
+        t = [float(c.item()) for c in counts]
+        bc1 = [1 - beta1 ** x for x in t]
+        bc2 = [1 - beta2 ** x for x in t]
+        bc3 = [(1 - beta3 ** x) ** 0.5 for x in t]
+        if impl == "foreach":
+            torch._foreach_neg_(prev)
+            torch._foreach_add_(prev, grads)                     # Δ
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_lerp_(d, prev, 1 - beta2)
+            torch._foreach_mul_(prev, beta2)
+            torch._foreach_add_(prev, grads)                     # G + β₂Δ
+            torch._foreach_mul_(n, beta3)
+            torch._foreach_addcmul_(n, prev, prev, 1 - beta3)
+            torch._foreach_copy_(prev, grads)
+            denom = torch._foreach_sqrt(n)
+            torch._foreach_div_(denom, bc3)
+            torch._foreach_add_(denom, group["eps"])
+        else:
+            denom = []
+            for g, mi, di, ni, b, s3 in zip(grads, m, d, n, prev, bc3):
+                b.neg_().add_(g)
+                mi.lerp_(g, 1 - beta1)
+                di.lerp_(b, 1 - beta2)
+                b.mul_(beta2).add_(g)
+                ni.mul_(beta3).addcmul_(b, b, value=1 - beta3)
+                b.copy_(g)
+                denom.append(ni.sqrt().div_(s3).add_(group["eps"]))
+        if params is None:  # D = (M + β₂·(bc1/bc2)·D_diff) / denom, factor 1/bc1
+            out = [torch.add(mi, di, alpha=beta2 * b1 / b2).div_(q)
+                   for mi, di, q, b1, b2 in zip(m, d, denom, bc1, bc2)]
+            return out, [1 / b1 for b1 in bc1]
         lr, wd = group["lr"], group["weight_decay"]
-        for p, d in zip(params, directions):
-            p.add_(d.to(p.dtype), alpha=-lr)
-            if wd:
+        if group["no_prox"]:
+            decay_(params, lr, wd, foreach=impl == "foreach")
+        for p, mi, di, q, b1, b2 in zip(params, m, d, denom, bc1, bc2):
+            p.addcdiv_(mi, q, value=-lr / b1)
+            p.addcdiv_(di, q, value=-lr * beta2 / b2)
+        if wd and not group["no_prox"]:
+            for p in params:
                 p.div_(1 + lr * wd)
         return None
-

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Hyper, option
-from .base import Rule
+from .base import Rule, decay_
 
 
 @dataclass
@@ -42,10 +42,9 @@ class SGDSaIRule(Rule):
     def moment_shapes(self, shape, group):
         return {"momentum_buffer": tuple(shape), "gsnr": ()}
 
-    def directions(self, grads, moments, counts, group, impl, inputs=None):
+    def _advance(self, grads, moments, counts, group, inputs) -> None:
         beta = group["momentum"]
         parts = (inputs or {}).get("shards") or [None] * len(grads)
-        directions = []
         for g, m, count, part in zip(grads, moments, counts, parts):
             buf = m["momentum_buffer"]
             if int(count.item()) == 0:
@@ -54,5 +53,18 @@ class SGDSaIRule(Rule):
             else:
                 buf.mul_(beta).add_(g, alpha=1 - beta)
             count += 1
-            directions.append(buf * m["gsnr"].to(buf.dtype))
-        return directions, [1.0] * len(grads)
+
+    def directions(self, grads, moments, counts, group, impl, inputs=None):
+        self._advance(grads, moments, counts, group, inputs)
+        return ([m["momentum_buffer"] * m["gsnr"].to(m["momentum_buffer"].dtype) for m in moments],
+                [1.0] * len(grads))
+
+    def update(self, grads, moments, counts, group, impl, params=None, inputs=None):
+        if params is None:
+            return self.directions(grads, moments, counts, group, impl, inputs)
+        self._advance(grads, moments, counts, group, inputs)
+        lr = group["lr"]
+        decay_(params, lr, group["weight_decay"])
+        for p, m in zip(params, moments):  # W −= lr·s·B in one pass, s read on the device
+            p.addcmul_(m["momentum_buffer"].to(p.dtype), m["gsnr"].to(p.dtype), value=-lr)
+        return None
