@@ -227,5 +227,7 @@ def test_adam_mini_needs_names_and_heads():
         so.create("adam-mini", [torch.nn.Parameter(torch.zeros(3, 3))])
     with pytest.raises(ValueError, match="n_heads="):
         so.create("adam-mini", [("attn.q_proj.weight", torch.nn.Parameter(torch.zeros(4, 4)))])
-    with pytest.raises(ValueError, match="projected subspace"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rank'"):
         so.create("sophia", [("w", torch.nn.Parameter(torch.zeros(4, 4)))], rank=2)
+    with pytest.raises(ValueError, match="give rank= too"):
+        so.create("lion", [("w", torch.nn.Parameter(torch.zeros(4, 4)))], targets="w")

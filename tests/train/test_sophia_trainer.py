@@ -31,3 +31,9 @@ def test_the_trainer_estimates_the_curvature_and_resumes_exactly(model_dir, corp
     assert result.exit_code == 0, result.stderr
     assert trajectory(out) == trajectory(full)
     assert_same_weights(final_weights(out), final_weights(full))
+
+
+def test_sophia_with_layer_wise_updates_is_one_clear_error(model_dir, corpus, tmp_path):
+    result = cli("pretrain", *flags(model_dir, corpus, tmp_path / "run"), "--fused-backward")
+    assert result.exit_code == 2
+    assert "drop --fused-backward" in result.stderr and "Traceback" not in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .planner import _static, _with_batch, recipe_accepts
+from .planner import _static, _with_batch, recipe_accepts, recipe_needs_inputs
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
         projects = isinstance(optim.recipe(name).default("rank"), int)
         ranks = rank_ladder(config.hidden_size) if projects else [None]
         bits = [32, 8] if recipe_accepts(name, "state_bits") else [None]
-        fused = [False, True]  # layer-wise updates are a mode of every slimtrain optimizer
+        # layer-wise updates are a mode of every slimtrain optimizer whose step reads no input
+        fused = [False] if recipe_needs_inputs(name) else [False, True]
         for rank in ranks:
             for state_bits in bits:
                 kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}

@@ -172,9 +172,7 @@ class OptionalProjection(Projection):
 
 class RuleRecipe(ProjectedRecipe):
     """A recipe that runs one rule on every parameter — or, with ``rank``, GaLore-style on the
-    target matrices (the rest with ``rest``). ``projectable = False``: ``rank`` is refused."""
-
-    projectable = True
+    target matrices (the rest with ``rest``)."""
 
     def param_groups_for(self, model_or_params, config):
         if config.rank is None:
@@ -182,9 +180,4 @@ class RuleRecipe(ProjectedRecipe):
                 raise ValueError("targets= chooses the matrices to project: give rank= too (or "
                                  "drop targets=)")
             return Recipe.param_groups_for(self, model_or_params, config)
-        if not self.projectable:
-            raise ValueError(f"{type(self).__name__} does not run in a projected subspace "
-                             f"({self.why_not_projected}); drop rank=")
         return super().param_groups_for(model_or_params, config)
-
-    why_not_projected = ""
