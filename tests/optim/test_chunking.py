@@ -1,5 +1,6 @@
 """The projected step runs in chunks of bounded low-rank bytes; the result does not depend on it."""
 
+import pytest
 import torch
 
 import slimtrain.optim.subspace.projected as core
@@ -39,3 +40,28 @@ def test_chunked_step_equals_one_chunk(monkeypatch):
     assert calls_whole == [5] * 4 and calls_chunked == [2, 2, 1] * 4
     for a, b in zip(whole, chunked):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["lion", "adabelief", "adan", "sophia"])
+def test_elementwise_rules_in_pieces_equal_whole_tensors(monkeypatch, name):
+    """The unprojected step of an elementwise rule on flat pieces (optimizer._in_pieces) is the
+    same arithmetic on the same elements: bit for bit, counters counted once."""
+    import slimtrain.optim as so
+    import slimtrain.optim.optimizer as optimizer
+
+    def train(piece):
+        monkeypatch.setattr(optimizer, "PIECE", piece)
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in ((30, 41), (7,))]
+        opt = so.create(name, [(f"w{i}", p) for i, p in enumerate(params)], weight_decay=0.1)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            extra = {"hessian_grads": {p: torch.randn(p.shape, generator=g) for p in params}}
+            opt.step(**(extra if name == "sophia" else {}))
+        return [p.detach().clone() for p in params], [float(opt.state[p]["step"]) for p in params]
+
+    whole, whole_steps = train(1 << 20)
+    cut, cut_steps = train(100)  # 30×41 in 13 pieces
+    assert all(torch.equal(a, b) for a, b in zip(whole, cut))
+    assert whole_steps == cut_steps == [4.0, 4.0]

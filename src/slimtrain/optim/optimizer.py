@@ -74,6 +74,10 @@ def _impl(group: dict[str, Any], tensors: list[Tensor], rule: str) -> str:
     return "foreach" if group["foreach"] or fused else "forloop"
 
 
+# elements per piece of an elementwise rule's step (``_in_pieces``): 4 MiB of float32
+PIECE = 1 << 20
+
+
 def _named(params) -> list:
     return [params] if isinstance(params, Tensor) else list(params)
 
@@ -375,7 +379,11 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
                 impl=_impl(group, [grads[i]], rule),
                 inputs={k: v[i:i + 1] for k, v in extra.items()})
         idx = [i for i in chosen if i not in low]
-        if idx:
+        if idx and apply and kernel.elementwise:  # large tensors in pieces: see _in_pieces
+            self._in_pieces(group, rule, [grads[i] for i in idx], [states[i] for i in idx],
+                            [states[i][count_key] for i in idx], [targets[i] for i in idx],
+                            keys[idx[0]], {k: [v[i] for i in idx] for k, v in extra.items()})
+        elif idx:
             moments = [{k: states[i][k] for k in keys[i]} for i in idx]
             counts = [states[i][count_key] for i in idx]
             refs = targets if apply else grads
@@ -386,6 +394,36 @@ class PipelineOptimizer(ProjectedStep, StateIO, torch.optim.Optimizer):
             if not apply:
                 results.update({i: (d, f) for i, d, f in zip(idx, *out)})
         return results
+
+    def _in_pieces(self, group, rule, grads, states, counts, params, keys, extra) -> None:
+        """An elementwise rule applied to flat pieces of at most ``PIECE`` elements of each
+        contiguous tensor: the same operations on the same elements (bit for bit), but every
+        temporary stays small enough for the allocator to reuse — on a CPU a fresh 64 MB
+        temporary page-faults on every step and costs more than the arithmetic. Each piece counts
+        the step on a copy of its tensor's counter, which then takes that count. A tensor input
+        of the parameter's size (Sophia's estimate) is cut alike; others go to every piece."""
+        pieces: list[tuple] = []  # (tensor index, param, grad, moments, counter, inputs)
+        for i, (g, p) in enumerate(zip(grads, params)):
+            tensors = [p, g] + [states[i][k] for k in keys]
+            values = {k: v[i] for k, v in extra.items()}
+            if p.numel() <= PIECE or not all(t.is_contiguous() for t in tensors):
+                pieces.append((i, p, g, dict(zip(keys, tensors[2:])), counts[i], values))
+                continue
+            flats = [t.view(-1) for t in tensors]
+            cut = {k: local(v).reshape(-1) for k, v in values.items()
+                   if isinstance(v, Tensor) and v.numel() == p.numel()}
+            for a in range(0, p.numel(), PIECE):
+                part = [f[a:a + PIECE] for f in flats]
+                pieces.append((i, part[0], part[1], dict(zip(keys, part[2:])), counts[i].clone(),
+                               {k: cut[k][a:a + PIECE] if k in cut else v
+                                for k, v in values.items()}))
+        get_rule(rule).update([x[2] for x in pieces], [x[3] for x in pieces],
+                              [x[4] for x in pieces], group, _impl(group, [x[1] for x in pieces], rule),
+                              params=[x[1] for x in pieces],
+                              inputs={k: [x[5][k] for x in pieces] for k in extra})
+        for i, _, _, _, counter, _ in pieces:
+            if counter is not counts[i]:
+                counts[i].copy_(counter)
 
     def _step_plain(self, group: dict[str, Any], rule: str, params: list[Tensor],
                     inputs: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ class AdaBeliefRule(Rule):
     moments (amsgrad is not offered)."""
 
     name = "adabelief"
+    elementwise = True
     Hyper = AdaBeliefHyper
     reprojectable = {"exp_avg": "first", "exp_avg_var": "second"}
     nonnegative = ("exp_avg_var",)

@@ -32,6 +32,7 @@ class AdanRule(Rule):
     gradient) yet counts the step in its bias corrections; this follows the paper."""
 
     name = "adan"
+    elementwise = True
     Hyper = AdanHyper
     reprojectable = {"exp_avg": "first", "exp_avg_diff": "first", "previous_grad": "first",
                      "exp_avg_sq": "second"}

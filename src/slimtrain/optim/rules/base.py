@@ -25,6 +25,8 @@ rank-r projection gives r×max(m, n) moments. A rule declares:
   the natural rule's history would hold full-size gradients, so it hands them to Adam);
 * ``needs`` — names of extra inputs the rule reads from ``optimizer.step(closure, **inputs)``;
 * ``implementations`` — the distinct code paths ``impl`` selects (tests compare them);
+* ``elementwise`` — each element's update depends on that element alone (no reduction over the
+  tensor): the core may then run the unprojected step on flat pieces of a large tensor;
 * ``reprojectable`` / ``nonnegative`` — which moments a basis switch may carry ("first": linear,
   "second": a variance) and which are never negative (low-bit storage gives those unsigned maps).
 """
@@ -69,6 +71,7 @@ class Rule:
     unprojected: str | None = None
     needs: tuple[str, ...] = ()
     implementations: tuple[str, ...] = ("forloop",)
+    elementwise = False
     reprojectable: dict[str, str] = {}
     nonnegative: tuple[str, ...] = ()
 

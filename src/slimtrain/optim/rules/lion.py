@@ -20,6 +20,7 @@ class LionRule(Rule):
     """``D = sign(β₁M + (1−β₁)G)``; ``M ← β₂M + (1−β₂)G``; factor 1. One moment."""
 
     name = "lion"
+    elementwise = True
     Hyper = LionHyper
     implementations = ("forloop", "foreach")
     reprojectable = {"exp_avg": "first"}

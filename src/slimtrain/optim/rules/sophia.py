@@ -32,6 +32,7 @@ class SophiaRule(Rule):
     (right after the previous step) and calls ``update_hessian()`` before the next. Two moments."""
 
     name = "sophia"
+    elementwise = True
     Hyper = SophiaHyper
     needs = (INPUT,)
     nonnegative = ("hessian",)
