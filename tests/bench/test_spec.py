@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimtrain.bench.cli import DEFAULT_METHODS, expand_methods
+from slimtrain.bench.cli import DEFAULT_METHODS, SEED_METHODS, expand_methods
 from slimtrain.bench.spec import BenchSettings, MethodSpec, parse_method
 from slimtrain.errors import UserError
 
@@ -61,6 +61,8 @@ def test_method_keywords_expand():
     from slimtrain.bench.methods import available
 
     assert expand_methods("default") == list(DEFAULT_METHODS)
+    assert expand_methods("seeds") == list(SEED_METHODS)  # each seed recipe next to its package
+    assert all(m in available() for m in SEED_METHODS)
     assert expand_methods("all") == available()
     assert expand_methods("slimtrain,adamw") == optim.available()  # no duplicates
     assert set(expand_methods("peers")) == set(available()) - set(optim.available())

@@ -42,14 +42,12 @@ RECIPES = {
     "galore-adafactor:rest": dict(lr=1e-2, rest="adafactor", **PROJ),
     "galore-lion": dict(lr=1e-3, **PROJ),
     # the seeds' optimizers (issue 18) whose sharded step differs from one process': reductions
-    # over a tensor (Adam-mini's blocks, SGD-SaI's SNR, AdaClip's max and AdaGN's norm), a new
-    # rule in a projected subspace, four moments through DCP. The purely elementwise ones (lion,
-    # adabelief, sophia, spam's clamp) run the same code on a shard as on a tensor.
-    "adan": dict(lr=1e-3),
+    # over a tensor (Adam-mini's blocks, SGD-SaI's SNR, AdaClip's max and AdaGN's norm). The
+    # elementwise ones (lion, adabelief, adan, sophia, spam's clamp) run the same code on a shard
+    # as on a tensor, projected or not (galore-lion above).
     "adam-mini": dict(lr=1e-3),
     "sgd-sai": dict(lr=1e-3),
     "stable-spam": dict(lr=1e-3, reset_every=4),
-    "adabelief:galore": dict(lr=1e-2, **PROJ),
 }
 
 

@@ -107,6 +107,18 @@ def test_sgd_sai_equals_the_authors_package(wd):
 
 
 @pytest.mark.peers
+def test_pytorch_optimizers_sgd_sai_departs_from_the_authors_at_its_first_step():
+    """pytorch-optimizer's SGDSaI starts its buffer at zero, so its first step is (1 − β) of the
+    authors' (and ours) on a matrix; on a vector it also drops the std from the SNR."""
+    po = pytest.importorskip("pytorch_optimizer")
+    start = params()
+    a, b = run_pair(lambda ps: so.create("sgd-sai", named(ps), weight_decay=0.0),
+                    lambda ps: po.SGDSaI(ps, weight_decay=0.0, foreach=False), steps=1)
+    ours, theirs = (start[0] - a[0]).detach(), (start[0] - b[0]).detach()
+    torch.testing.assert_close(theirs, (1 - 0.9) * ours, rtol=1e-9, atol=0)
+
+
+@pytest.mark.peers
 def test_sgd_sai_keeps_one_scale_from_the_first_gradient():
     ps = params()
     opt = so.create("sgd-sai", named(ps))

@@ -37,9 +37,9 @@ def close(a, b, tol=1e-4):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, model_dir, corpus):
-    """One process at the global batch (2 ranks × 2), with and without accumulation."""
+    """One process at the global batch (2 ranks × 2), with accumulation."""
     out = {}
-    for accum in (1, 2):
+    for accum in (2,):
         run = tmp_path_factory.mktemp("single") / "run"
         result = cli("pretrain", *base_args(model_dir, corpus, run, steps=12, batch_size=4,
                                             grad_accum=accum, save_every=4))
@@ -48,7 +48,9 @@ def single(tmp_path_factory, model_dir, corpus):
     return out
 
 
-@pytest.mark.parametrize("accum", [1, 2])
+# with accumulation (no_sync on all but the last micro-batch, the harder case); the checkpoint
+# (FSDP), kill and NaN (DDP) tests below train at accumulation 1
+@pytest.mark.parametrize("accum", [2])
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_ranks_equal_one_process_at_the_same_global_batch(single, model_dir, corpus, tmp_path,
                                                               parallel, accum):

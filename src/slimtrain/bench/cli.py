@@ -25,18 +25,24 @@ DEFAULT_METHODS = (
 FAMILY_METHODS = (
     "adamw", "adamw-pergroup", "frugal", "q-galore", "natural-galore", "galore-lion", "galore-adafactor",
     "lora", "adamw4bit", "torchao-adamw4bit")
+# "seeds": the seeds' optimizers (issue 18), each next to its authors' package.
+SEED_METHODS = (
+    "adamw", "adamw-pergroup", "lion", "lion-pytorch", "adafactor", "hf-adafactor", "adabelief",
+    "adabelief-pytorch", "adan", "po-adan", "adam-mini", "adam-mini-pkg", "sgd-sai", "sgd-sai-pkg",
+    "sophia", "sophia-opt", "spam", "po-spam", "stable-spam", "po-stable-spam")
 # --quick: the whole pipeline (sweep, second seed, a peer adapter, report, plots) in about a minute.
 QUICK = dict(methods="adamw,galore-adamw,galore-torch-adamw", tokens=10_240, seq_len=64, batch_size=8,
              trials=2, seeds="0,1", evals=4, eval_batches=2, jobs=2)
 
 
 def expand_methods(text: str) -> list[str]:
-    """Method specs, with the keywords ``default``, ``family`` (the two committed benchmarks),
+    """Method specs, with the keywords ``default``, ``family``, ``seeds`` (the committed benchmarks),
     ``slimtrain`` (every recipe), ``peers`` (every other library and baseline) and ``all``."""
     from .. import optim
     from .methods import available
 
     keywords = {"default": list(DEFAULT_METHODS), "family": list(FAMILY_METHODS),
+                "seeds": list(SEED_METHODS),
                 "slimtrain": optim.available(), "all": available(),
                 "peers": [m for m in available() if m not in optim.available()]}
     out: list[str] = []
@@ -67,7 +73,7 @@ def _list_methods() -> None:
 def bench_command(
     methods: Optional[str] = typer.Option(
         None, help="Comma-separated methods (see --list), each NAME or NAME:KEY=VALUE:… (e.g. "
-        "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, "
+        "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, seeds, "
         "slimtrain, peers, all. [default: default]"),
     model: Optional[str] = typer.Option(None, help="Preset or local model directory. [default: tiny]"),
     data: Optional[str] = typer.Option(None, help="Corpus (as for pretrain). Default: the embedded corpus."),
