@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ..config import Hyper, option
 from .adam import bias_corrections
 from .base import Rule

@@ -3,7 +3,6 @@ Models", TPAMI 2024), as the authors' code (sail-sg/Adan) and pytorch-optimizer 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..config import Hyper, option
 from ..sharded.context import local
 from .base import Rule
