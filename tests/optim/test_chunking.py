@@ -47,7 +47,7 @@ def test_elementwise_rules_in_pieces_equal_whole_tensors(monkeypatch, name):
     """The unprojected step of an elementwise rule on flat pieces (optimizer._in_pieces) is the
     same arithmetic on the same elements: bit for bit, counters counted once."""
     import slimtrain.optim as so
-    import slimtrain.optim.optimizer as optimizer
+    import slimtrain.optim.rule_step as optimizer
 
     def train(piece):
         monkeypatch.setattr(optimizer, "PIECE", piece)
