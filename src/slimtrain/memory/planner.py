@@ -103,8 +103,7 @@ def recipe_needs_inputs(recipe: str) -> bool:
     """Whether the recipe's rule reads step() inputs (Sophia's curvature estimate)."""
     from .. import optim
 
-    config = optim.recipe(recipe).factory
-    rule = getattr(config, "rule", None)
+    rule = getattr(optim.recipe(recipe).factory, "rule", None)
     return isinstance(rule, str) and bool(optim.get_rule(rule).needs)
 
 

@@ -107,7 +107,7 @@ class RuleStep:
         if idx and apply and kernel.elementwise:  # large tensors in pieces: see _in_pieces
             self._in_pieces(group, rule, [grads[i] for i in idx], [states[i] for i in idx],
                             [states[i][count_key] for i in idx], [targets[i] for i in idx],
-                            keys[idx[0]], {k: [v[i] for i in idx] for k, v in extra.items()})
+                            [keys[i] for i in idx], {k: [v[i] for i in idx] for k, v in extra.items()})
         elif idx:
             moments = [{k: states[i][k] for k in keys[i]} for i in idx]
             counts = [states[i][count_key] for i in idx]
@@ -128,18 +128,18 @@ class RuleStep:
         the step on a copy of its tensor's counter, which then takes that count. A tensor input
         of the parameter's size (Sophia's estimate) is cut alike; others go to every piece."""
         pieces: list[tuple] = []  # (tensor index, param, grad, moments, counter, inputs)
-        for i, (g, p) in enumerate(zip(grads, params)):
-            tensors = [p, g] + [states[i][k] for k in keys]
+        for i, (g, p, own) in enumerate(zip(grads, params, keys)):
+            tensors = [p, g] + [states[i][k] for k in own]
             values = {k: v[i] for k, v in extra.items()}
             if p.numel() <= PIECE or not all(t.is_contiguous() for t in tensors):
-                pieces.append((i, p, g, dict(zip(keys, tensors[2:])), counts[i], values))
+                pieces.append((i, p, g, dict(zip(own, tensors[2:])), counts[i], values))
                 continue
             flats = [t.view(-1) for t in tensors]
             cut = {k: local(v).reshape(-1) for k, v in values.items()
                    if isinstance(v, Tensor) and v.numel() == p.numel()}
             for a in range(0, p.numel(), PIECE):
                 part = [f[a:a + PIECE] for f in flats]
-                pieces.append((i, part[0], part[1], dict(zip(keys, part[2:])), counts[i].clone(),
+                pieces.append((i, part[0], part[1], dict(zip(own, part[2:])), counts[i].clone(),
                                {k: cut[k][a:a + PIECE] if k in cut else v
                                 for k, v in values.items()}))
         get_rule(rule).update([x[2] for x in pieces], [x[3] for x in pieces],

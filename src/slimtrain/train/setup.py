@@ -269,14 +269,13 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
               val, EpochOrder(len(train), config.seed), data_key=corpus_key, dist=dist,
               train_module=train_module)
     if config.fused_backward:  # before the checkpoint's optimizer state is loaded into it
-        needs = getattr(optimizer, "step_inputs", frozenset())
-        if needs:
-            raise UserError(f"--fused-backward: optimizer {config.optimizer} reads step() inputs "
-                            f"({', '.join(sorted(needs))}), which layer-wise updates cannot hand it "
-                            "(they update inside backward); drop --fused-backward")
-        run.fused = optim.fuse_backward(train_module, optimizer, grad_accum=config.grad_accum,
-                                        max_grad_norm=config.grad_clip or None,
-                                        refresh_from=config.fused_refresh_from)
+        try:
+            run.fused = optim.fuse_backward(train_module, optimizer, grad_accum=config.grad_accum,
+                                            max_grad_norm=config.grad_clip or None,
+                                            refresh_from=config.fused_refresh_from)
+        except ValueError as err:  # the optimizer or model cannot take layer-wise updates
+            raise UserError(f"--fused-backward with optimizer {config.optimizer}: {first_line(err)} "
+                            "(drop --fused-backward)") from None
     run.describe = dict(model=config.model, params=params, optimizer=config.optimizer,
                         lr=scheduler.base_lrs[0], device=str(device),
                         precision="bf16 autocast" if autocast else "fp32",

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import Hyper, option
-from .adam import bias_corrections
+from .adam import ADAM, bias_corrections
 from .base import Rule
 
 
@@ -51,8 +51,7 @@ class AdaBeliefRule(Rule):
         return {"exp_avg": tuple(shape), "exp_avg_var": tuple(shape)}
 
     def step_size(self, count, group):
-        bc1, bc2 = bias_corrections(count, *group["betas"])
-        return math.sqrt(bc2) / bc1
+        return ADAM.step_size(count, group)
 
     def directions(self, grads, moments, counts, group, impl, inputs=None):
         beta1, beta2 = group["betas"]

@@ -36,13 +36,12 @@ class AdanRule(Rule):
     reprojectable = {"exp_avg": "first", "exp_avg_diff": "first", "previous_grad": "first",
                      "exp_avg_sq": "second"}
     nonnegative = ("exp_avg_sq",)
+    implementations = ("forloop", "foreach")
 
     def moment_shapes(self, shape, group):
         shape = tuple(shape)
         return {"exp_avg": shape, "exp_avg_diff": shape, "exp_avg_sq": shape,
                 "previous_grad": shape}
-
-    implementations = ("forloop", "foreach")
 
     def update(self, grads, moments, counts, group, impl, params=None, inputs=None):
         """One pass as pytorch-optimizer's (the previous gradient's buffer holds Δ, then G + β₂Δ,
