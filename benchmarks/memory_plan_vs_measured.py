@@ -1,6 +1,7 @@
 """The planner next to measurement, in one run.
 
     python benchmarks/memory_plan_vs_measured.py [--models tiny small 60m] [--batch 4] [--seq-len 256]
+        [--recipes adamw galore-adamw:rank=64 lisa:layers_active=2 …]
 
 For each model and recipe: planned bytes per part; measured exact tensor bytes (weights, gradients,
 optimizer state, tensors saved for backward + logits) after real steps; and the growth of the process's peak RSS
@@ -41,12 +42,18 @@ def main():
     parser.add_argument("--models", nargs="+", default=["tiny", "small", "60m"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--recipes", nargs="+", default=["adamw", "galore-adamw:rank=64"],
+                        help="NAME or NAME:KEY=VALUE:… (recipe options)")
     args = parser.parse_args()
+    from slimtrain.userinput import key_values
+
+    recipes = [(spec.split(":")[0], key_values(spec.split(":")[1:], "--recipes"))
+               for spec in args.recipes]
     print("| model | recipe | weights+grads+states+proj: plan / measured | activations: plan / measured "
           "| planned total | planned total − weights / peak RSS growth |")
     print("|---|---|---|---|---|---|")
     for model in args.models:
-        for recipe, kwargs in (("adamw", {}), ("galore-adamw", {"rank": 64})):
+        for recipe, kwargs in recipes:
             out = subprocess.run([sys.executable, "-c", CHILD, model, recipe, str(args.batch), str(args.seq_len),
                                   json.dumps(kwargs)], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -56,7 +63,8 @@ def main():
             act_p = p["activations"] - p["details"]["recompute"]
             growth = (m["peak_rss"] - r["rss_before"]) if m["peak_rss"] else None
             mib = 2**20
-            print(f"| {model} | {recipe} | {static_p / mib:.1f} / {static_m / mib:.1f} MiB | {act_p / mib:.1f} / "
+            label = ":".join([recipe] + [f"{k}={v}" for k, v in kwargs.items()])
+            print(f"| {model} | {label} | {static_p / mib:.1f} / {static_m / mib:.1f} MiB | {act_p / mib:.1f} / "
                   f"{m['activations'] / mib:.1f} MiB | {p['total'] / mib:.1f} MiB | "
                   f"{(p['total'] - p['weights']) / mib:.1f} / {'n/a' if growth is None else f'{growth / mib:.1f}'} MiB |")
 

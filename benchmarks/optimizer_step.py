@@ -1,6 +1,6 @@
 """Optimizer step time and state bytes, side by side in one process, on the GaLore paper's LLaMA-60M.
 
-    python benchmarks/optimizer_step.py [--sets galore,apollo,fira,more,sign,adam-like,sgd-like,spike]
+    python benchmarks/optimizer_step.py [--sets galore,apollo,fira,more,sign,adam-like,sgd-like,spike,matrix]
                                         [--rank 128] [--rounds 3]
 
 Every optimizer gets its own copy of the same model (hidden 512, intermediate 1376, 8 layers,
@@ -112,6 +112,15 @@ def recipe_sets(args):
                      ("slimtrain adafactor", lambda m: so.Adafactor(m), False)],
         "spike": [("slimtrain spam", lambda m: so.SPAM(m), False),
                   ("slimtrain stable-spam", lambda m: so.StableSPAM(m), False)],
+        # issue 19: Muon (bf16 Newton–Schulz on the matrices, AdamW on the rest), MuonQ's 8-bit
+        # momentum, GaLore-Muon, SCALE, and LISA with 2 of the 8 blocks active
+        "matrix": [("slimtrain muon", lambda m: so.Muon(m), False),
+                   ("slimtrain muon ns_dtype=float32", lambda m: so.Muon(m, ns_dtype="float32"), False),
+                   ("slimtrain muon state_bits=8", lambda m: so.Muon(m, state_bits=8), False),
+                   ("slimtrain muon rank=128", lambda m: so.Muon(m, rank=r, refresh_every=T), False),
+                   ("slimtrain scale", lambda m: so.SCALE(m), False),
+                   ("slimtrain lisa layers_active=2", lambda m: so.LISA(m, layers_active=2), False),
+                   ("torch Muon + AdamW", _torch_muon, True)],
     }
     _add_seed_references(sets)
     if _have("galore_torch"):
@@ -137,6 +146,12 @@ def recipe_sets(args):
         fira = dict(rank=r, update_proj_gap=T, alpha=0.25, proj_type="std")
         sets["fira"].append(("fira FiraAdamW", lambda m: FiraAdamW(reference_groups(m, **fira), lr=1e-2), True))
     return sets
+
+
+def _torch_muon(m):
+    from slimtrain.bench.peers import PEERS
+
+    return next(p for p in PEERS if p.name == "torch-muon").build(m, 1e-3, 0.1, None, {})
 
 
 def _add_seed_references(sets):
@@ -225,7 +240,7 @@ def time_set(members, base, grads, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="galore,apollo,fira,more,sign,adam-like,sgd-like,spike")
+    parser.add_argument("--sets", default="galore,apollo,fira,more,sign,adam-like,sgd-like,spike,matrix")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--refresh-every", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3, help="refresh periods to time (steps = rounds × refresh-every)")
@@ -278,7 +293,7 @@ REFERENCE_OF = {  # slimtrain recipe → the authors' package it is compared wit
     "adabelief": "adabelief-pytorch AdaBelief", "adan": "pytorch-optimizer Adan",
     "adam-mini": "adam-mini Adam_mini", "sgd-sai": "sgd-sai SGD_sai",
     "adafactor": "transformers Adafactor", "spam": "pytorch-optimizer SPAM",
-    "stable-spam": "pytorch-optimizer StableSPAM",
+    "stable-spam": "pytorch-optimizer StableSPAM", "muon": "torch Muon + AdamW",
 }
 
 

@@ -112,17 +112,12 @@ def optimizers(name: Optional[str] = typer.Argument(
 
 
 def _parse_optim_args(items: list[str] | None) -> dict | None:
-    from .userinput import key_value
+    from .userinput import key_values
 
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        parsed = key_value(item)  # 200 → int, 0.25 and 1e-6 → float, true → bool
-        if parsed is None:
-            raise UserError(f"--optim-arg {item!r} must look like KEY=VALUE, e.g. refresh_every=200")
-        out[parsed[0]] = parsed[1]
-    return out
+    try:
+        return key_values(items) or None
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _train_command(kind: str, doc: str):

@@ -34,6 +34,18 @@ def key_value(item: str) -> tuple[str, Any] | None:
     return key.strip(), typed(value)
 
 
+def key_values(items: list[str] | None, flag: str = "--optim-arg") -> dict[str, Any]:
+    """``["rank=64", "lr=1e-3"]`` → {"rank": 64, "lr": 0.001}; a ValueError naming ``flag`` for an
+    item that is not KEY=VALUE."""
+    out = {}
+    for item in items or ():
+        parsed = key_value(item)  # 200 → int, 0.25 and 1e-6 → float, true → bool
+        if parsed is None:
+            raise ValueError(f"{flag} {item!r} must look like KEY=VALUE, e.g. refresh_every=200")
+        out[parsed[0]] = parsed[1]
+    return out
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """" Did you mean a, b?" (with a leading space) for close matches of ``name``, else ""."""
     close = difflib.get_close_matches(name, list(choices), n=3)

@@ -155,3 +155,24 @@ def test_sophia_opt_takes_the_trainers_curvature_estimate():
     h = opt.state[params[0]]["hessian"]
     assert torch.allclose(h, torch.full_like(h, (1 - 0.99) * 4.0))
     assert torch.equal(params[0].grad, torch.ones_like(params[0]))  # the step's own gradient back
+
+
+def test_torch_muon_peer_equals_slimtrains_muon():
+    """The torch-muon adapter (torch's Muon + fused AdamW, stepped as one, a scheduler reaching
+    both) trains exactly as slimtrain's muon recipe."""
+    a, b = tiny_llama(), tiny_llama()
+    b.load_state_dict(a.state_dict())
+    ours = so.create("muon", a, lr=2e-2)
+    ref = peer("torch-muon").build(b, 2e-2, 0.1, None, {})
+    torch.optim.lr_scheduler.LambdaLR(ref, lambda k: 0.5)  # halves every group's lr
+    assert sorted(g["lr"] for g in ref.param_groups) == [5e-4, 1e-2]
+    for g in ours.param_groups:
+        g["lr"] *= 0.5
+    for _ in range(2):
+        one_step(a, ours)
+        one_step(b, ref)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+    muon = sum(len(g["params"]) for g in ours.param_groups if g["rule"] == "muon")
+    # the same moments; torch's Muon keeps no step counter (ours: 4 bytes a matrix)
+    assert ref.state_bytes()["states"] == ours.state_bytes()["states"] - 4 * muon

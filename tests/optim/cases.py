@@ -113,6 +113,56 @@ def adam_mini_reference(lr):
     return build
 
 
+def muon_reference(lr, weight_decay=0.1, adamw_lr=1e-3, **kw):
+    """torch.optim.Muon on the targets, torch's AdamW at AdamW's lr for the rest."""
+    def build(named, torch_kw):
+        targets, rest = _split(named)
+        return [torch.optim.Muon(targets, lr=lr, weight_decay=weight_decay, **kw),
+                torch.optim.AdamW(rest, lr=adamw_lr, weight_decay=weight_decay, **torch_kw)]
+    return build
+
+
+class ScaleReference(torch.optim.Optimizer):
+    """SCALE's Algorithm 1 as the authors' code computes it, written out: column-normalised SGD
+    (the RMS of each output row; each embedding feature over the vocabulary), momentum on the head
+    only, Adam with eps before bias correction (at ``adam_lr``) on 1-D parameters."""
+
+    def __init__(self, named, head, embed, lr, weight_decay=0.0, momentum=0.9, adam_lr=None):
+        self.head, self.embed = head, embed
+        self.kind = {id(p): ("head" if head(n) else "embed" if embed(n) else "matrix")
+                     if p.dim() == 2 else "adam" for n, p in named}
+        super().__init__([p for _, p in named], dict(lr=lr, weight_decay=weight_decay,
+                                                      momentum=momentum, adam_lr=adam_lr or lr))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, wd, beta, adam_lr = (group[k] for k in ("lr", "weight_decay", "momentum", "adam_lr"))
+            for p in group["params"]:
+                g, s, kind = p.grad.clone(), self.state[p], self.kind[id(p)]
+                if kind == "adam":
+                    t = s["t"] = s.get("t", 0) + 1
+                    s["m"] = s.get("m", torch.zeros_like(g)).lerp_(g, 0.1)
+                    s["v"] = s.get("v", torch.zeros_like(g)).lerp_(g.square(), 0.001)
+                    bc = (1 - 0.9 ** t) / (1 - 0.999 ** t) ** 0.5
+                    p.mul_(1 - adam_lr * wd).add_(s["m"] / (s["v"].sqrt() + 1e-8),
+                                                  alpha=-adam_lr / bc)
+                    continue
+                if kind == "head":
+                    s["m"] = s.get("m", torch.zeros_like(g)).lerp_(g, 1 - beta)
+                    g = s["m"]
+                dim = 0 if kind == "embed" else 1
+                u = g / torch.mean(g.square(), dim=dim, keepdim=True).sqrt().clamp_min(1e-8)
+                p.mul_(1 - lr * wd).add_(u, alpha=-lr)
+
+
+def scale_reference(head=r"\.tall\.weight$", embed=r"embed", **kw):
+    def build(named, torch_kw):
+        return [ScaleReference(named, lambda n: re.search(head, n),
+                               lambda n: re.search(embed, n) and not re.search(head, n), **kw)]
+    return build
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -253,3 +303,22 @@ _SEEDS = [
     Case("sophia", dict(lr=1e-2, state_bits=8, **_LOW), equals_reference=False),
 ]
 CASES += _SEEDS
+
+# Matrix-aware optimizers (issue 19): Muon against torch.optim.Muon (the same operations: bit for
+# bit), projected (its full-rank limit is Muon on the targets), and with MuonQ's low-bit momentum.
+_MUON = dict(bad_betas=dict(momentum=1.0), bad_betas_match="momentum")
+_MATRIX = [
+    Case("muon", dict(lr=1e-2, targets=TARGETS), full_rank=muon_reference(1e-2), **_MUON),
+    Case("muon", dict(lr=1e-2, targets=TARGETS, nesterov=False, adjust_lr_fn="match_rms_adamw",
+                      weight_decay=0.0, adamw_lr=2e-3),
+         full_rank=muon_reference(1e-2, weight_decay=0.0, adamw_lr=2e-3, nesterov=False,
+                                  adjust_lr_fn="match_rms_adamw"), **_MUON),
+    _projected("muon", full_rank=muon_reference(1e-2), switch="reproject", basis="svd", **_MUON),
+    Case("muon", dict(lr=1e-2, targets=TARGETS, state_bits=8, **_LOW), equals_reference=False,
+         **_MUON),
+    Case("scale", dict(lr=1e-2, weight_decay=0.1, adam_lr=2e-3, head=r"\.tall\.weight$"),
+         exact=False, full_rank=scale_reference(lr=1e-2, weight_decay=0.1, adam_lr=2e-3), **_MUON),
+    Case("scale", dict(lr=1e-2, head=r"\.tall\.weight$", state_bits=8, **_LOW),
+         equals_reference=False, **_MUON),
+]
+CASES += _MATRIX

@@ -48,6 +48,11 @@ RECIPES = {
     "adam-mini": dict(lr=1e-3),
     "sgd-sai": dict(lr=1e-3),
     "stable-spam": dict(lr=1e-3, reset_every=4),
+    # issue 19: Muon gathers each matrix's update for the Newton–Schulz iteration (bit for bit
+    # unprojected). Projected, R's sum over the ranks rounds differently, and a bfloat16
+    # iteration turns that last-bit difference into bfloat16's 4e-3: compared in float32
+    "muon": dict(lr=1e-3),
+    "muon:rank": dict(lr=1e-3, ns_dtype="float32", **PROJ),
 }
 
 
@@ -181,7 +186,7 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
 DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
                "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion",
-               "adam-mini", "stable-spam"]
+               "adam-mini", "stable-spam", "muon"]
 SAVE_AT = 6
 
 
@@ -285,7 +290,7 @@ def load_on_one_process(name: str, out_dir: str) -> dict:
 
 # ------------------------------------------------------------------ layer-wise updates on FSDP2
 FUSED_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira", "galore-adafactor",
-                 "adam-mini", "stable-spam"]
+                 "adam-mini", "stable-spam", "muon"]
 
 
 def layerwise(name: str, rank: int, fused: bool, grad_accum: int) -> dict:

@@ -30,19 +30,22 @@ SEED_METHODS = (
     "adamw", "adamw-pergroup", "lion", "lion-pytorch", "adafactor", "hf-adafactor", "adabelief",
     "adabelief-pytorch", "adan", "po-adan", "adam-mini", "adam-mini-pkg", "sgd-sai", "sgd-sai-pkg",
     "sophia", "sophia-opt", "spam", "po-spam", "stable-spam", "po-stable-spam")
+# "matrix": the matrix-aware optimizers and layer sampling (issue 19); torch's Muon beside ours.
+MATRIX_METHODS = ("adamw", "adamw-pergroup", "muon", "torch-muon", "scale", "lisa", "owlore")
 # --quick: the whole pipeline (sweep, second seed, a peer adapter, report, plots) in about a minute.
 QUICK = dict(methods="adamw,galore-adamw,galore-torch-adamw", tokens=10_240, seq_len=64, batch_size=8,
              trials=2, seeds="0,1", evals=4, eval_batches=2, jobs=2)
 
 
 def expand_methods(text: str) -> list[str]:
-    """Method specs, with the keywords ``default``, ``family``, ``seeds`` (the committed benchmarks),
+    """Method specs, with the keywords ``default``, ``family``, ``seeds``, ``matrix`` (the committed
+    benchmarks),
     ``slimtrain`` (every recipe), ``peers`` (every other library and baseline) and ``all``."""
     from .. import optim
     from .methods import available
 
     keywords = {"default": list(DEFAULT_METHODS), "family": list(FAMILY_METHODS),
-                "seeds": list(SEED_METHODS),
+                "seeds": list(SEED_METHODS), "matrix": list(MATRIX_METHODS),
                 "slimtrain": optim.available(), "all": available(),
                 "peers": [m for m in available() if m not in optim.available()]}
     out: list[str] = []
@@ -73,7 +76,7 @@ def _list_methods() -> None:
 def bench_command(
     methods: Optional[str] = typer.Option(
         None, help="Comma-separated methods (see --list), each NAME or NAME:KEY=VALUE:… (e.g. "
-        "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, seeds, "
+        "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, seeds, matrix, "
         "slimtrain, peers, all. [default: default]"),
     model: Optional[str] = typer.Option(None, help="Preset or local model directory. [default: tiny]"),
     data: Optional[str] = typer.Option(None, help="Corpus (as for pretrain). Default: the embedded corpus."),

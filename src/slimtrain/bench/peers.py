@@ -255,6 +255,37 @@ def _adafactor(model, lr, wd):
                      scale_parameter=False, warmup_init=False)
 
 
+class _Both(torch.optim.Optimizer):
+    """Two optimizers stepped as one (torch's Muon takes matrices only): their groups are this
+    one's (a scheduler's lr reaches both), their states read as one."""
+
+    def __init__(self, *inner):
+        self._inner = inner
+        self.defaults = {}
+        self.param_groups = [g for opt in inner for g in opt.param_groups]
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+
+    @property
+    def state(self):  # a fresh merge (the inner states are defaultdicts: no ChainMap)
+        return {p: s for opt in self._inner for p, s in opt.state.items()}
+
+    def step(self, closure=None):
+        for opt in self._inner:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self._inner:
+            opt.zero_grad(set_to_none)
+
+
+def _torch_muon(model, lr, wd, rank, options):
+    """torch.optim.Muon on the attention/MLP matrices, torch's fused AdamW at AdamW's lr (1e-3)
+    on the rest — what slimtrain's muon recipe does."""
+    targets, rest = split_targets(model)
+    return _measured(_Both(torch.optim.Muon(targets, lr=lr, weight_decay=wd),
+                           torch.optim.AdamW(rest, lr=1e-3, weight_decay=wd, fused=True)))
+
+
 def _sophia_opt(model, lr, wd, rank, options):
     """sophia-opt's SophiaG fed by the trainer's curvature estimate (``train/sophia.py``): the
     estimate becomes p.grad for ``update_hessian()`` just before the step it comes with."""
@@ -345,6 +376,8 @@ PEERS = [
     _peer("po-stable-spam", "pytorch-optimizer StableSPAM", _plain(_po("StableSPAM")),
           reference_of="stable-spam", module="pytorch_optimizer", pip="pytorch-optimizer",
           center=1e-3, summary="pytorch-optimizer's StableSPAM"),
+    _peer("torch-muon", "torch.optim.Muon + AdamW", _torch_muon, reference_of="muon",
+          center=1e-3, summary="torch's Muon on the matrices, fused AdamW (lr 1e-3) on the rest"),
     # No published lr for LoRA pretraining at this scale; a pilot put its optimum between 2e-3 and 1e-2.
     _peer("lora", "peft LoRA + AdamW", _lora, module="peft", pip="peft", rank=128, center=5e-3,
           options=frozenset({"rank", "alpha"}),

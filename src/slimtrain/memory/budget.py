@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .planner import _static, _with_batch, recipe_accepts, recipe_needs_inputs
+from ..optim.layerwise import FusedRefused
+from .planner import _static, _with_batch, recipe_accepts
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,18 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
         projects = isinstance(optim.recipe(name).default("rank"), int)
         ranks = rank_ladder(config.hidden_size) if projects else [None]
         bits = [32, 8] if recipe_accepts(name, "state_bits") else [None]
-        # layer-wise updates are a mode of every slimtrain optimizer whose step reads no input
-        fused = [False] if recipe_needs_inputs(name) else [False, True]
         for rank in ranks:
             for state_bits in bits:
                 kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
-                for fb in fused:
+                for fb in (False, True):  # layer-wise updates: a mode of most optimizers
                     for ckpt in (False, True):
-                        static = _static(model, name, seq_len=seq_len, param_dtype=param_dtype,
-                                         autocast=autocast, fused_backward=fb, grad_accum=1,
-                                         activation_checkpointing=ckpt, recipe_kwargs=dict(kwargs))
+                        try:
+                            static = _static(model, name, seq_len=seq_len, param_dtype=param_dtype,
+                                             autocast=autocast, fused_backward=fb, grad_accum=1,
+                                             activation_checkpointing=ckpt,
+                                             recipe_kwargs=dict(kwargs))
+                        except FusedRefused:  # Sophia's step inputs, LISA's sampling
+                            continue
                         weights_only = static.weights
                         batch = _largest_batch(static, budget, max_batch)
                         if batch:

@@ -28,6 +28,9 @@ def plan_command(
     recipe: str = typer.Option("adamw", help="Optimizer recipe (see `slimtrain optimizers`)."),
     rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's)."),
     state_bits: Optional[int] = typer.Option(None, help="Optimizer-state precision, for recipes that take it."),
+    optim_arg: Optional[list[str]] = typer.Option(None, "--optim-arg", help="Any other recipe option "
+                                                  "as KEY=VALUE (repeatable), e.g. layers_active=2 "
+                                                  "for lisa."),
     batch_size: int = typer.Option(1, help="Micro-batch size (sequences)."),
     seq_len: int = typer.Option(256, help="Sequence length (tokens)."),
     param_dtype: str = typer.Option("float32", help="Parameter dtype: float32 or bfloat16 (the papers use "
@@ -53,6 +56,7 @@ def plan_command(
 ) -> None:
     """What a training run needs in memory, part by part (GiB = 2^30 bytes) — or, with --budget,
     which recipes and settings fit."""
+    from ..userinput import key_values
     from .budget import fitting_settings
     from .planner import PARTS, plan
 
@@ -76,7 +80,8 @@ def plan_command(
                                     recipes=[recipe] if recipe != "adamw" or rank or state_bits else None)
             _print_fits(fits[:top], limit, model, seq_len, as_json)
             return
-        kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
+        kwargs = {**key_values(optim_arg),
+                  **{k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}}
         result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
                       autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
                       activation_checkpointing=activation_checkpointing,

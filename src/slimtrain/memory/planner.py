@@ -99,14 +99,6 @@ def recipe_accepts(recipe: str, keyword: str) -> bool:
     return optim.recipe(recipe).accepts(keyword)
 
 
-def recipe_needs_inputs(recipe: str) -> bool:
-    """Whether the recipe's rule reads step() inputs (Sophia's curvature estimate)."""
-    from .. import optim
-
-    rule = getattr(optim.recipe(recipe).factory, "rule", None)
-    return isinstance(rule, str) and bool(optim.get_rule(rule).needs)
-
-
 def _build_optimizer(recipe: str, model, kwargs: dict[str, Any]):
     from .. import optim
 
@@ -183,7 +175,7 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
             fused_refresh_from: str = "accumulated", world_size: int = 1,
             parallel: str | None = None) -> _Static:
     from ..models import model_config
-    from ..optim.layerwise import REFRESH_FROM
+    from ..optim.layerwise import REFRESH_FROM, FusedRefused, fused_refusal
 
     if seq_len < 1 or grad_accum < 1:
         raise ValueError(f"seq_len and grad_accum must be >= 1 (got {seq_len}, {grad_accum})")
@@ -204,10 +196,9 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     optimizer = _build_optimizer(recipe, meta, recipe_kwargs)
     if not hasattr(optimizer, "planned_state_bytes"):
         raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
-    needs = getattr(optimizer, "step_inputs", frozenset())
-    if fused_backward and needs:  # as optim.fuse_backward refuses it
-        raise ValueError(f"recipe {recipe!r} reads step() inputs ({', '.join(sorted(needs))}), which "
-                         "layer-wise updates cannot hand it: plan it without fused backward")
+    reason = fused_refusal(optimizer) if fused_backward else None
+    if reason:  # as optim.fuse_backward refuses it
+        raise FusedRefused(f"recipe {recipe!r}: {reason} (plan it without fused backward)")
     step_tmp, refresh = _refresh_workspace(optimizer, elem, fused_backward)
     settings = dict(seq_len=seq_len, param_dtype=str(dtype).removeprefix("torch."), autocast=autocast,
                     fused_backward=fused_backward, grad_accum=grad_accum,

@@ -28,7 +28,8 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
 
     ``low``/``high``: bounds of a number (``open_low``/``open_high``: excluded); ``integer``: a
     whole number; ``none_ok``: None is allowed too; ``choices``: the allowed values; ``kind="betas"``:
-    a pair of numbers in [0, 1); ``message``: what the value must be, said instead of the bounds."""
+    a pair of numbers in [0, 1) (``"betas3"``: three); ``kind="numbers3"``: three finite numbers;
+    ``message``: what the value must be, said instead of the bounds."""
     meta = dict(help=help, low=low, high=high, open_low=open_low, open_high=open_high, integer=integer, none_ok=none_ok,
                 choices=choices, kind=kind, message=message)
     if isinstance(default, (list, dict, set)):
@@ -73,6 +74,11 @@ def check_value(name: str, value: Any, meta: dict) -> None:
         if not ok:
             raise ValueError(f"{name} must be {('two', 'three')[count - 2]} numbers in [0, 1), "
                              f"got {value!r}")
+        return
+    if meta.get("kind") == "numbers3":
+        if not (isinstance(value, (tuple, list)) and len(value) == 3
+                and all(_is_number(x) and math.isfinite(x) for x in value)):
+            raise ValueError(f"{name} must be three finite numbers, got {value!r}")
         return
     low, high = meta.get("low"), meta.get("high")
     if low is None and high is None and not meta.get("integer"):

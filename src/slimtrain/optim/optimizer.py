@@ -74,6 +74,7 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
         self.last_step_params = self.last_step_skipped = 0
         self._seen = self._skipped = 0
         self.layerwise = None  # the layer-wise handle while fuse_backward() is active
+        self.sampling = None  # a LayerSampler when only some blocks train (sampling.py: LISA)
         self._defaults_rule = defaults.get("rule")  # the rule the defaults' rule keys are for
         self._learned = False  # a step taken or a state loaded: its parameters are final
         self._planned: dict[int, list[Tensor]] = {}  # group index → the tensors its plans are for
@@ -160,6 +161,7 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layerwise", None)
+        self.__dict__.setdefault("sampling", None)
         self.__dict__.setdefault("_learned", True)
         self.__dict__.setdefault("_planned", {})
         self.fill_missing_keys()
@@ -212,7 +214,8 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
                 loss = closure()
         norms_sq, checked, stepped = 0.0, True, False
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None
+                      and (self.sampling is None or self.sampling.trains(p))]
             if not params:
                 continue
             stepped = True
@@ -227,6 +230,8 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
                  "call loss.backward() before step()")
         self.grad_norm = math.sqrt(norms_sq) if checked else None
         self.end_step()
+        if self.sampling is not None:  # every K steps: other blocks train
+            self.sampling.after_step(self)
         return loss
 
     def end_step(self) -> None:

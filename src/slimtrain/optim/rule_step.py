@@ -67,6 +67,8 @@ class RuleStep:
                    for p, g in zip(owners, grads)]
         targets = [local(p) for p in owners]  # a shard's own storage (the parameter itself)
         extra = self._rule_inputs(rule, owners, inputs)
+        if kernel.reads_shape:
+            extra["shapes"] = [tuple(p.shape) for p in owners]  # a DTensor's shape is global
         if any(p in self._shards for p in owners):  # the rule's reductions span the ranks
             extra["shards"] = [part_of(self._plans[p], self._shards.get(p), self.update_shapes(p)[1])
                                for p in owners]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import stages
+from . import sampling, stages
 from .lowbit import storage as lowbit
 from .lowbit.codec import swap_nibbles
 from .sharded.context import chunk_range, planning_shards
@@ -63,6 +63,8 @@ class StateIO:
         states = projectors = 0
         for group in self.param_groups:
             for p in group["params"]:
+                if self.sampling is not None and not self.sampling.trains(p):
+                    continue  # an inactive block holds no state
                 plan = self._plans[p]
                 shards = planning_shards(p, world) if world > 1 else None
                 states += lowbit.moment_bytes(self._layouts(p, group, shards)[0])
@@ -102,9 +104,19 @@ class StateIO:
         # also in every group: torch.distributed.checkpoint keeps only "state" and "param_groups"
         sd["param_groups"] = [{**g, _MARK: [STATE_FORMAT, sd["recipe"], self.grad_norm]}
                               for g in sd["param_groups"]]
+        if self.sampling is not None:  # which blocks train: restored before the state
+            sd["param_groups"] = [{**g, sampling.KEY: self.sampling.saved()}
+                                  for g in sd["param_groups"]]
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_sampling = next((g[sampling.KEY] for g in state_dict.get("param_groups", [])
+                               if sampling.KEY in g), None)
+        if (saved_sampling is None) != (self.sampling is None):
+            raise ValueError("this optimizer state was saved with" + (" no" if saved_sampling is None
+                             else "") + " layer sampling (LISA/OwLore) and this optimizer has"
+                             + (" it" if saved_sampling is None else " none") + ": build the "
+                             "optimizer as it was saved")
         state_dict = _unmarked(state_dict)
         version = state_dict.get("format_version")
         if version is None:
@@ -128,6 +140,8 @@ class StateIO:
         # state ourselves, keeping dtypes and never sharing tensors with the source dict.
         super().load_state_dict({**state_dict, "state": {}})
         self.fill_missing_keys()
+        if self.sampling is not None:  # the saved active blocks, with fresh state to fill
+            self.sampling.restore(self, saved_sampling)
         groups = self._group_of()
         for param_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
             if param_id not in saved_state:
@@ -248,12 +262,13 @@ def _plain(value: Tensor, sharded: bool) -> Tensor:
 
 def _unmarked(state_dict: dict[str, Any]) -> dict[str, Any]:
     """The format, recipe and norm from the groups when the top level lost them (a state that went
-    through torch.distributed.checkpoint), and the groups without the mark."""
+    through torch.distributed.checkpoint), and the groups without the marks (and the sampler's)."""
     groups = state_dict.get("param_groups", [])
     marks = [g[_MARK] for g in groups if _MARK in g]
+    out = {**state_dict, "param_groups": [{k: v for k, v in g.items()
+                                           if k not in (_MARK, sampling.KEY)} for g in groups]}
     if not marks:
-        return state_dict
-    out = {**state_dict, "param_groups": [{k: v for k, v in g.items() if k != _MARK} for g in groups]}
+        return out
     version, recipe, norm = marks[0]
     out.setdefault("format_version", version)
     out.setdefault("recipe", recipe)

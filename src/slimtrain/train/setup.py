@@ -258,6 +258,10 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
                      optim.create(config.optimizer, model, **optimizer_kwargs(config, hidden)))
     except (ValueError, TypeError) as err:  # the recipes' checks of their arguments
         raise UserError(f"optimizer {config.optimizer}: {err}") from None
+    if dist is not None and getattr(optimizer, "sampling", None) is not None:
+        raise UserError(f"optimizer {config.optimizer} samples the blocks that train, which DDP's "
+                        "and FSDP's gradient reduction do not follow yet: run it on one process "
+                        "(drop --nproc)")
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10

@@ -44,7 +44,9 @@ Files: ``fused_backward.py`` (the handle and its hooks), ``ddp.py`` (the DDP com
 ``norms.py`` (norms and the clipping factor), ``plan.py`` (planned gradient bytes).
 """
 
-from .fused_backward import ACCUMULATE, REFRESH_FROM, FusedBackward, fuse_backward
+from .fused_backward import (ACCUMULATE, REFRESH_FROM, FusedBackward, FusedRefused, fuse_backward,
+                             fused_refusal)
 from .plan import planned_gradient_bytes
 
-__all__ = ["ACCUMULATE", "REFRESH_FROM", "FusedBackward", "fuse_backward", "planned_gradient_bytes"]
+__all__ = ["ACCUMULATE", "REFRESH_FROM", "FusedBackward", "FusedRefused", "fuse_backward",
+           "fused_refusal", "planned_gradient_bytes"]

@@ -26,6 +26,23 @@ class _Pending:
     subspace: bool = False
 
 
+class FusedRefused(ValueError):
+    """An optimizer that cannot take layer-wise updates (``fused_refusal`` says why)."""
+
+
+def fused_refusal(optimizer) -> str | None:
+    """Why ``optimizer`` cannot update layer-wise (None: it can) — asked by ``fuse_backward``, the
+    planner and the budget search alike."""
+    needs = optimizer.step_inputs
+    if needs:
+        return (f"layer-wise updates cannot hand step() inputs ({', '.join(sorted(needs))}) to the "
+                "rules that read them: they update inside backward; train without fuse_backward")
+    if optimizer.sampling is not None:
+        return ("layer sampling (LISA/OwLore) does not take layer-wise updates yet: its gradients "
+                "are those of the γ active blocks already")
+    return None
+
+
 class FusedBackward:
     """The handle ``fuse_backward`` returns. Attributes: ``grad_norm`` (last step, unclipped),
     ``grad_norm_exact``, ``clip_coef`` (the factor the last step's gradients were scaled by)."""
@@ -42,6 +59,9 @@ class FusedBackward:
         if optimizer.layerwise is not None:
             raise ValueError("this optimizer already runs layer-wise updates; call .remove() on "
                              "its handle before fusing it again")
+        reason = fused_refusal(optimizer)
+        if reason:
+            raise FusedRefused(reason)
         check_value("grad_accum", grad_accum, dict(low=1, integer=True))
         check_value("max_grad_norm", max_grad_norm, dict(low=0, open_low=True, none_ok=True))
         if accumulate not in ACCUMULATE:
@@ -101,11 +121,6 @@ class FusedBackward:
         from torch.nn.parallel import DistributedDataParallel
 
         ours = set(self._order())
-        needs = self.optimizer.step_inputs
-        if needs:
-            raise ValueError(f"layer-wise updates cannot hand step() inputs ({', '.join(sorted(needs))}) "
-                             "to the rules that read them: they update inside backward; train "
-                             "without fuse_backward")
         module = model.module if isinstance(model, DistributedDataParallel) else model
         theirs = [p for p in module.parameters() if p.requires_grad]
         if theirs and not any(p in ours for p in theirs):

@@ -17,6 +17,9 @@
 | sgd-sai | ``SGDSaI`` | ``sgd_sai.py`` |
 | sophia | ``Sophia`` | ``sophia.py`` |
 | spam, stable-spam | ``SPAM``, ``StableSPAM`` | ``spam.py`` |
+| muon | ``Muon`` | ``muon.py`` |
+| scale | ``SCALE`` | ``scale.py`` |
+| lisa, owlore | ``LISA``, ``OwLore`` (layer sampling: ``sampling.py``) | ``lisa.py`` |
 
 Each file opens with a table of where its math lives; ``base.py`` holds the config blocks and the
 recipe base classes, ``rest.py`` the rules of the parameters outside ``targets``.
@@ -33,15 +36,18 @@ from .fira import Fira
 from .frugal import FRUGAL
 from .galore import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion
 from .lion import Lion
+from .lisa import LISA, OwLore
+from .muon import Muon
 from .natural_galore import NaturalGaLore
 from .q_galore import QGaLore
+from .scale import SCALE
 from .rest import register_rest, rest_keys, rest_names
 from .sgd_sai import SGDSaI
 from .sophia import Sophia
 from .spam import SPAM, StableSPAM
 
-__all__ = ["APOLLO", "FRUGAL", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
-           "AdamW", "AdamW4bit", "AdamW8bit", "Adan", "Fira", "Lion", "RuleRecipe", "SGDSaI",
+__all__ = ["APOLLO", "FRUGAL", "LISA", "OwLore", "SCALE", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
+           "AdamW", "AdamW4bit", "AdamW8bit", "Adan", "Fira", "Lion", "Muon", "RuleRecipe", "SGDSaI",
            "Sophia", "StableSPAM",
            "GaLoreAdafactor", "GaLoreAdamW", "GaLoreAdamW8bit", "GaLoreLion", "NaturalGaLore",
            "ProjectedRecipe", "QGaLore", "Recipe", "register_rest", "rest_keys", "rest_names"]

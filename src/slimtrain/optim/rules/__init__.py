@@ -11,6 +11,8 @@
 | ``adam-mini`` | ``adam_mini.py`` (blocks: rows / heads / tensor) | exp_avg, one exp_avg_sq per block |
 | ``sgd-sai`` | ``sgd_sai.py`` | momentum_buffer, gsnr (one number) |
 | ``sophia`` | ``sophia.py`` (SophiaG; reads ``hessian_grads``) | exp_avg, hessian |
+| ``muon`` | ``muon.py`` (Newton–Schulz; matrices only) | momentum_buffer |
+| ``colnorm`` | ``colnorm.py`` (SCALE's; matrices only) | exp_avg when momentum > 0 |
 
 The interface is in ``base.py``. A registered rule trains, checkpoints and resumes like these: its
 moments are allocated, stored in low bits, planned and checked on load from ``moment_shapes``.
@@ -27,7 +29,9 @@ from .adam import ADAM, AdamRule
 from .adam_mini import AdamMiniRule
 from .adan import AdanRule
 from .base import Rule, decay_, decay_factor
+from .colnorm import ColumnNormRule
 from .lion import LionRule
+from .muon import MuonRule
 from .natural import NaturalRule
 from .sgd_sai import SGDSaIRule
 from .sophia import SophiaRule
@@ -65,7 +69,8 @@ def unprojected_rule(name: str) -> str:
 
 
 for _rule in (ADAM, LionRule(), AdafactorRule(), NaturalRule(), AdaBeliefRule(), AdanRule(),
-              AdamMiniRule(), SGDSaIRule(), SophiaRule()):
+              AdamMiniRule(), SGDSaIRule(), SophiaRule(), MuonRule(),
+              ColumnNormRule()):
     register_rule(_rule.name, _rule)
 
 __all__ = ["ADAM", "RULES", "AdamRule", "Rule", "decay_", "decay_factor", "get_rule",

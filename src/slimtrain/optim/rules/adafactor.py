@@ -49,6 +49,12 @@ class AdafactorRule(Rule):
     Hyper = AdafactorHyper
     nonnegative = ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
 
+    def shard_bytes(self, shape, group, dim, world):
+        if len(shape) < 2:
+            return 4  # the update's norm
+        along = shape[1] if dim == 0 else shape[0]  # the statistic summed over the split rows
+        return 4 * (along + (dim == 0) + 1)  # + the row mean + the RMS
+
     def moment_shapes(self, shape, group):
         shape = tuple(shape)
         moments = ({"exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}

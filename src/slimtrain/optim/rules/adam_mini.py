@@ -47,6 +47,9 @@ class AdamMiniRule(Rule):
     Hyper = AdamMiniHyper
     nonnegative = ("exp_avg_sq",)
 
+    def shard_bytes(self, shape, group, dim, world):
+        return 4 if group["block"] == "tensor" else 0  # Σ G² over the tensor
+
     def moment_shapes(self, shape, group):
         return {"exp_avg": tuple(shape), "exp_avg_sq": _blocks(shape, group)}
 

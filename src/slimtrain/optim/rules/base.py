@@ -23,6 +23,11 @@ rank-r projection gives r×max(m, n) moments. A rule declares:
   derived AdamW group (``groups.split_matrix_only``);
 * ``unprojected`` — the rule a parameter of its group runs when it is not projected (None: itself;
   the natural rule's history would hold full-size gradients, so it hands them to Adam);
+* ``reads_shape`` — the rule reads each parameter's whole (global) shape, ``inputs["shapes"]``
+  (Muon's lr ratio: the projected or sharded update does not show it);
+* ``shard_bytes(shape, group, dim, world)`` — bytes the rule's own collectives move for one tensor
+  of whole ``shape`` split along ``dim`` over ``world`` ranks in an ordinary step (the planner
+  prints them; ``tests/optim/test_fsdp.py`` counts them);
 * ``needs`` — names of extra inputs the rule reads from ``optimizer.step(closure, **inputs)``;
 * ``implementations`` — the distinct code paths ``impl`` selects (tests compare them);
 * ``elementwise`` — each element's update depends on that element alone (no reduction over the
@@ -68,6 +73,7 @@ class Rule:
     name = ""
     Hyper: type = NoHyper
     matrix_only = False
+    reads_shape = False
     unprojected: str | None = None
     needs: tuple[str, ...] = ()
     implementations: tuple[str, ...] = ("forloop",)
@@ -80,6 +86,9 @@ class Rule:
 
     def step_size(self, count: float, group: dict[str, Any]) -> float:
         return 1.0
+
+    def shard_bytes(self, shape: tuple[int, ...], group: dict[str, Any], dim: int, world: int) -> int:
+        return 0
 
     def directions(self, grads, moments, counts, group, impl, inputs=None
                    ) -> tuple[list[Tensor], list[float]]:

@@ -36,6 +36,10 @@ class NaturalRule(Rule):
     implementations = ("forloop", "foreach")  # Adam's, without the fused kernel (never used here)
     nonnegative = ("exp_avg_sq",)
 
+    def shard_bytes(self, shape, group, dim, world):
+        s = group["history"]
+        return 4 * (s * s + s)  # the Gram matrix and the projections
+
     def moment_shapes(self, shape, group):
         shape = tuple(shape)
         return {"exp_avg": shape, "exp_avg_sq": shape, "history": (group["history"],) + shape}

@@ -8,10 +8,10 @@ An ordinary step (no refresh) moves, per the conventions of ``context.COMM``:
   (r · W·⌈n/W⌉, the padded all-gather) — a right-projected one nothing;
 * APOLLO's tensor scale on a right-projected matrix: ‖D‖ and ‖R‖ (2 scalars); a norm-growth
   limiter: one scalar, or for APOLLO's channel scale on the left the n column norms;
-* Adafactor's statistics: the sum along the split dimension (n, or r on the left), the row mean
-  and the RMS; the natural rule: its s×s Gram matrix and s projections; Adam-mini's per-tensor
-  blocks: Σ G²; the spike stages: AdaClip's max |G| and AdaGN's ‖G‖² (one scalar each);
-  SGD-SaI's SNR, at a tensor's first step only: Σ G and Σ G².
+* each rule's own reductions (``Rule.shard_bytes``): Adafactor's statistics, the natural rule's
+  Gram matrix, Adam-mini's per-tensor Σ G², Muon's gathered matrix; the spike stages: AdaClip's
+  max |G| and AdaGN's ‖G‖² (one scalar each); SGD-SaI's SNR, at a tensor's first step only
+  (Σ G and Σ G², not counted here).
 
 The naive alternative — replicating each projected gradient before its step, as a DTensor does
 for an unsupported operation — moves m·n per projected matrix.
@@ -42,7 +42,7 @@ def step_bytes(optimizer, world: int) -> dict[str, int]:
             rule = get_rule(plan.rule)
             ordinary += _stage_stats(group, elem=4)
             if not plan.projected:
-                ordinary += _rule_stats(rule, group, tuple(p.shape), dim=0, elem=4)
+                ordinary += rule.shard_bytes(tuple(p.shape), group, 0, world)
                 continue
             m, n = p.shape
             naive += m * n * _elem(p)
@@ -55,23 +55,8 @@ def step_bytes(optimizer, world: int) -> dict[str, int]:
             if group["limiter"] is not None:
                 channel_left = group["backmap"] == "channel" and plan.side == "left"
                 ordinary += n * 4 if channel_left else 4
-            ordinary += _rule_stats(rule, group, shape, dim=1 if plan.side == "left" else 0, elem=4)
+            ordinary += rule.shard_bytes(shape, group, 1 if plan.side == "left" else 0, world)
     return {"ordinary": ordinary, "naive": naive}
-
-
-def _rule_stats(rule, group, shape, dim: int, elem: int) -> int:
-    """Bytes of a rule's own reductions for a tensor of (whole) ``shape`` split along ``dim``."""
-    if rule.name == "adafactor":
-        if len(shape) < 2:
-            return elem  # the update's norm
-        along = shape[1] if dim == 0 else shape[0]  # the statistic summed over the split rows
-        return along * elem + (elem if dim == 0 else 0) + elem  # + the row mean + the RMS
-    if rule.name == "natural":
-        s = group["history"]
-        return s * s * elem + s * elem
-    if rule.name == "adam-mini" and group["block"] == "tensor":
-        return elem  # Σ G² over the tensor
-    return 0
 
 
 def _stage_stats(group, elem: int) -> int:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..subspace.geometry import projected_shape
-from .context import Shards
+from .context import Shards, chunk_range
 
 
 def update_shapes(shape, plan, shards: Shards | None) -> tuple[tuple, tuple]:
@@ -56,6 +56,16 @@ class Part:
     @property
     def numel(self) -> int:
         return math.prod(self.whole_shape)
+
+    def whole(self, t: Tensor) -> Tensor:
+        """The whole tensor from every rank's part of it (all-gathered along ``dim``): Muon's
+        Newton–Schulz iteration acts on the whole matrix."""
+        return self.shards.gather(t, self.whole_shape[self.dim], self.dim)
+
+    def mine(self, t: Tensor) -> Tensor:
+        """This rank's part of a whole tensor."""
+        a, b = chunk_range(self.whole_shape[self.dim], self.shards.world, self.shards.rank)
+        return t.narrow(self.dim, a, b - a)
 
 
 def part_of(plan, shards: Shards | None, whole_shape) -> Part | None:

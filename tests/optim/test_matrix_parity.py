@@ -1,0 +1,120 @@
+"""The matrix-aware optimizers (issue 19) against their references: Muon against
+``torch.optim.Muon`` (the same operations, so bit for bit) on matrices and AdamW on the rest of a
+real model; SCALE against its algorithm written out from the paper and the authors' code
+(``cases.ScaleReference``)."""
+
+import pytest
+import torch
+
+import slimtrain.optim as so
+from slimtrain.optim.rules.muon import newton_schulz
+from tests.helpers import quiet, tiny_llama
+from tests.optim.cases import ScaleReference
+from tests.optim.test_contract import named_params
+
+STEPS = 4
+
+
+def fixed_grads(model, step):
+    g = torch.Generator().manual_seed(500 + step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+def twins():
+    a, b = tiny_llama(), tiny_llama()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(nesterov=False), dict(adjust_lr_fn="original"),
+                                dict(adjust_lr_fn="match_rms_adamw", momentum=0.9, ns_steps=3)])
+def test_muon_equals_torch_muon_on_matrices_and_adamw_on_the_rest(kw):
+    ours_model, ref_model = twins()
+    ours = quiet(so.create, "muon", ours_model, lr=0.02, weight_decay=0.05, adamw_lr=3e-3, **kw)
+    hidden = [p for n, p in ref_model.named_parameters()
+              if p.dim() == 2 and ("self_attn" in n or "mlp" in n)]
+    rest = [p for p in ref_model.parameters() if all(p is not q for q in hidden)]
+    refs = [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.05, **kw),
+            torch.optim.AdamW(rest, lr=3e-3, weight_decay=0.05, fused=True)]  # ours: fused
+    for step in range(STEPS):
+        fixed_grads(ours_model, step)
+        fixed_grads(ref_model, step)
+        ours.step()
+        for ref in refs:
+            ref.step()
+    for (name, p), q in zip(ours_model.named_parameters(), ref_model.parameters()):
+        assert torch.equal(p, q), name
+    assert {g["rule"] for g in ours.param_groups} == {"muon", "adam"}
+
+
+def test_newton_schulz_orthogonalises():
+    """In float32 the quintic iteration maps every singular value into Muon's band (≈0.7–1.2)
+    and keeps the singular vectors: O ≈ U·S'·Vᵀ."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(32, 16), (16, 48)]:
+        X = torch.randn(*shape, generator=g, dtype=torch.float64)
+        O = newton_schulz(X, (3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float64)
+        s = torch.linalg.svdvals(O)
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.25, s
+        U, _, Vh = torch.linalg.svd(X, full_matrices=False)
+        core = U.T @ O @ Vh.T  # diagonal when the singular vectors are kept
+        assert float((core - torch.diag(torch.diagonal(core))).abs().max()) < 1e-6
+
+
+def test_muon_low_bit_momentum_and_projection_shrink_its_state():
+    full = quiet(so.create, "muon", named_params(), targets=r"\.mlp\.\w+\.weight$")
+    low = quiet(so.create, "muon", named_params(), targets=r"\.mlp\.\w+\.weight$", state_bits=8,
+                quantize_min_numel=64)
+    ranked = quiet(so.create, "muon", named_params(), targets=r"\.mlp\.\w+\.weight$", rank=2)
+    muon = [g for g in full.param_groups if g["rule"] == "muon"]
+    assert muon and muon[0]["lr"] == 1e-3
+    def total(opt):
+        return sum(opt.state_bytes().values())
+
+    assert total(low) < total(full) and total(ranked) < total(full)
+    for group in low.param_groups:  # MuonQ: the matrices' momentum in one byte an element
+        if group["rule"] == "muon":
+            assert all(low.state[p]["momentum_buffer_codes"].dtype == torch.uint8
+                       for p in group["params"])
+    assert low.state_bytes() == low.planned_state_bytes()
+    assert ranked.state_bytes() == ranked.planned_state_bytes()
+
+
+def test_muon_refuses_bad_arguments_in_one_line():
+    for bad, match in [(dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients must be three"),
+                       (dict(adjust_lr_fn="rms"), "adjust_lr_fn must be one of"),
+                       (dict(ns_steps=0), "ns_steps must be an integer >= 1"),
+                       (dict(ns_dtype="float16"), "ns_dtype must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            so.create("muon", named_params(), **bad)
+
+
+# ------------------------------------------------------------------ SCALE
+def test_scale_equals_its_algorithm_written_out():
+    ours_model, ref_model = twins()
+    ours = so.create("scale", ours_model, lr=0.01, weight_decay=0.1, adam_lr=2e-3)
+    for step in range(STEPS):
+        fixed_grads(ours_model, step)
+        ours.step()
+    ref = ScaleReference(list(ref_model.named_parameters()), lambda n: n == "lm_head.weight",
+                         lambda n: "embed_tokens" in n, lr=0.01, weight_decay=0.1, adam_lr=2e-3)
+    for step in range(STEPS):
+        fixed_grads(ref_model, step)
+        ref.step()
+    for (name, p), q in zip(ours_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+    # state: the head's momentum and Adam's on the 1-D parameters, nothing for the other matrices
+    states = {n: set(ours.state[p]) - {"step"} for n, p in ours_model.named_parameters()}
+    assert states["lm_head.weight"] == {"exp_avg"}
+    assert states["model.layers.0.mlp.up_proj.weight"] == set()
+    assert states["model.norm.weight"] == {"exp_avg", "exp_avg_sq"}
+
+
+def test_scale_needs_names_and_a_head():
+    with pytest.raises(ValueError, match="by name"):
+        so.create("scale", list(tiny_llama().parameters()))
+    with pytest.raises(ValueError, match="no last layer"):
+        so.create("scale", named_params())
+    opt = so.create("scale", named_params(), head=r"tall\.weight$")
+    assert [g["momentum"] for g in opt.param_groups if g["rule"] == "colnorm"][0] == 0.9
