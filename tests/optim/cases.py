@@ -156,6 +156,69 @@ class ScaleReference(torch.optim.Optimizer):
                 p.mul_(1 - lr * wd).add_(u, alpha=-lr)
 
 
+def _ns5(X, dtype):
+    """Five quintic Newton–Schulz steps, X ← aX + b(XXᵀ)X + c(XXᵀ)²X on the wide orientation."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    Y = X.to(dtype)
+    tall = Y.shape[0] > Y.shape[1]
+    Y = Y.T if tall else Y
+    Y = Y / (Y.norm() + 1e-7)
+    for _ in range(5):
+        A = Y @ Y.T
+        Y = a * Y + b * (A @ Y) + c * (A @ (A @ Y))
+    return (Y.T if tall else Y).to(X.dtype)
+
+
+class CosmosReference(torch.optim.Optimizer):
+    """COSMOS on matrices, written out from the paper and the authors' code (lliu606/COSMOS):
+    momentum M ← β₁M + G; basis P of EMA(GᵀG) by SVD at step 1, then one power step + QR; Adam
+    on GP with V = EMA((GP)²); Newton–Schulz on the residual of the look-ahead gradient; one
+    unit-norm step of lr·ratio·√(mn)."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, rank=64, gamma=0.2,
+                 lr_ratio=0.1, weight_decay=0.0, ns_dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, rank=rank, gamma=gamma,
+                                      lr_ratio=lr_ratio, weight_decay=weight_decay))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
+            for p in group["params"]:
+                G, s = p.grad, self.state[p]
+                m, n = G.shape
+                r = min(group["rank"], n)
+                t = s["t"] = s.get("t", 0) + 1
+                s["M"] = s.get("M", torch.zeros_like(G)) * b1 + G
+                if t == 1:
+                    s["P"] = torch.linalg.svd(G.T @ G)[0][:, :r]
+                    s["S"] = (1 - b2) * (G @ s["P"]).T @ (G @ s["P"])
+                else:
+                    Q = torch.linalg.qr(b2 * s["P"] @ s["S"] + (1 - b2) * G.T @ G @ s["P"])[0]
+                    T = s["P"].T @ Q
+                    s["S"] = b2 * T.T @ s["S"] @ T + (1 - b2) * (G @ Q).T @ (G @ Q)
+                    s["P"] = Q
+                P = s["P"]
+                s["V"] = s.get("V", torch.zeros(m, r, dtype=G.dtype)) * b2 + (1 - b2) * (G @ P) ** 2
+                bc1, bc2 = (1 - b1 ** t) / (1 - b1), 1 - b2 ** t
+                look = (G + b1 * s["M"]) / (1 + b1 * bc1)
+                U1 = (look @ P) / ((s["V"] / bc2).sqrt() + eps) @ P.T
+                U2 = _ns5(look - look @ P @ P.T, self.ns_dtype)
+                U = U1 + group["gamma"] * (m * n) ** 0.5 * U2 / (U2.norm() + eps)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(U / (U.norm() + eps), alpha=-lr * group["lr_ratio"] * (m * n) ** 0.5)
+
+
+def cosmos_reference(lr, weight_decay=0.0, adamw_lr=None, **kw):
+    """CosmosReference on the targets, torch's AdamW (at ``adamw_lr``, else lr) for the rest."""
+    def build(named, torch_kw):
+        targets, rest = _split(named)
+        return [CosmosReference(targets, lr, weight_decay=weight_decay, **kw),
+                torch.optim.AdamW(rest, lr=adamw_lr or lr, weight_decay=weight_decay, **torch_kw)]
+    return build
+
+
 def scale_reference(head=r"\.tall\.weight$", embed=r"embed", **kw):
     def build(named, torch_kw):
         return [ScaleReference(named, lambda n: re.search(head, n),
@@ -320,5 +383,10 @@ _MATRIX = [
          exact=False, full_rank=scale_reference(lr=1e-2, weight_decay=0.1, adam_lr=2e-3), **_MUON),
     Case("scale", dict(lr=1e-2, head=r"\.tall\.weight$", state_bits=8, **_LOW),
          equals_reference=False, **_MUON),
+    # the Newton–Schulz residual in float32 on both sides: bf16 rounds differently in the two
+    # write-ups (the authors' own normalises in bf16)
+    Case("cosmos", dict(lr=1e-2, targets=TARGETS, rank=4, ns_dtype="float32", weight_decay=0.1),
+         exact=False, rtol=2e-5, bad_betas_match="betas",
+         full_rank=cosmos_reference(1e-2, weight_decay=0.1, rank=4, ns_dtype=torch.float32)),
 ]
 CASES += _MATRIX

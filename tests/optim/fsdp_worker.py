@@ -53,6 +53,10 @@ RECIPES = {
     # iteration turns that last-bit difference into bfloat16's 4e-3: compared in float32
     "muon": dict(lr=1e-3),
     "muon:rank": dict(lr=1e-3, ns_dtype="float32", **PROJ),
+    # SCALE's embedding norm spans the ranks; COSMOS sums GᵀGP and (GP)ᵀGP and gathers its
+    # residual (float32 here for the same reason as muon:rank)
+    "scale": dict(lr=1e-3),
+    "cosmos": dict(lr=1e-3, rank=8, ns_dtype="float32"),
 }
 
 
@@ -186,7 +190,7 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
 DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
                "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion",
-               "adam-mini", "stable-spam", "muon"]
+               "adam-mini", "stable-spam", "muon", "cosmos"]
 SAVE_AT = 6
 
 

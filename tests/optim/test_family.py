@@ -215,8 +215,8 @@ def test_loss_falls_on_real_text(name):
     lr = {"galore-lion": 3e-3, "frugal": 3e-3}.get(name, 1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        projected = so.recipe(name).accepts("rank")
-        opt = so.create(name, model, lr=lr, **(dict(rank=16, refresh_every=10) if projected else {}))
+        kw = {k: v for k, v in dict(rank=16, refresh_every=10).items() if so.recipe(name).accepts(k)}
+        opt = so.create(name, model, lr=lr, **kw)
     losses = train_on_text(model, opt, 40, data)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)

@@ -13,10 +13,10 @@ import torch
 
 from ..userinput import did_you_mean
 from .config import Option, options_of
-from .recipes import (APOLLO, FRUGAL, LISA, SCALE, SPAM, OwLore, AdaBelief, Adafactor, AdamMini, AdamW, AdamW4bit,
-                      AdamW8bit, Adan, APOLLOMini, Fira, GaLoreAdafactor, GaLoreAdamW,
-                      GaLoreAdamW8bit, GaLoreLion, Lion, Muon, NaturalGaLore, QGaLore, SGDSaI, Sophia,
-                      StableSPAM)
+from .recipes import (APOLLO, COSMOS, FRUGAL, LISA, SCALE, SPAM, OwLore, AdaBelief, Adafactor,
+                      AdamMini, AdamW, AdamW4bit, AdamW8bit, Adan, APOLLOMini, Fira,
+                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, Lion, Muon,
+                      NaturalGaLore, QGaLore, SGDSaI, Sophia, StableSPAM)
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,14 @@ register("adam-mini", AdamMini, "Adam-mini: one second moment per head / neuron 
 register("sgd-sai", SGDSaI, "SGD-SaI: SGD momentum, lr scaled once by the first gradients' SNR (Xu et al. 2024)")
 register("sophia", Sophia, "SophiaG: clipped, curvature-preconditioned sign momentum (Liu et al. 2024)")
 register("spam", SPAM, "SPAM: Adam with momentum resets and spike clipping (Huang et al. 2025)")
-register("muon", Muon, "Muon: orthogonalised Nesterov momentum on the matrices, AdamW on the rest (Jordan et al. 2024)")
-register("scale", SCALE, "SCALE: column-normalised SGD, momentum on the last layer only (Glentis et al. 2025)")
-register("lisa", LISA, "LISA: AdamW on γ sampled blocks at a time, plus embeddings and head (Pan et al. 2024)")
-register("owlore", OwLore, "OwLore: blocks sampled by outlier ratio, GaLore on them (Li et al. 2024)")
+register("muon", Muon, "Muon: orthogonalised Nesterov momentum on the matrices, AdamW on the "
+         "rest (Jordan et al. 2024)")
+register("scale", SCALE, "SCALE: column-normalised SGD, momentum on the last layer only "
+         "(Glentis et al. 2025)")
+register("cosmos", COSMOS, "COSMOS: Adam in the leading eigen-subspace, Newton-Schulz on the "
+         "rest (Liu et al. 2025)")
+register("lisa", LISA, "LISA: AdamW on γ sampled blocks at a time, plus embeddings and head "
+         "(Pan et al. 2024)")
+register("owlore", OwLore, "OwLore: blocks sampled by outlier ratio, GaLore on them "
+         "(Li et al. 2024)")
 register("stable-spam", StableSPAM, "Stable-SPAM: Adam with adaptive spike clipping and norm scaling (Huang et al. 2025)")

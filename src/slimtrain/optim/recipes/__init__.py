@@ -19,6 +19,7 @@
 | spam, stable-spam | ``SPAM``, ``StableSPAM`` | ``spam.py`` |
 | muon | ``Muon`` | ``muon.py`` |
 | scale | ``SCALE`` | ``scale.py`` |
+| cosmos | ``COSMOS`` | ``cosmos.py`` |
 | lisa, owlore | ``LISA``, ``OwLore`` (layer sampling: ``sampling.py``) | ``lisa.py`` |
 
 Each file opens with a table of where its math lives; ``base.py`` holds the config blocks and the
@@ -32,6 +33,7 @@ from .adamw import AdamW, AdamW4bit, AdamW8bit
 from .adan import Adan
 from .apollo import APOLLO, APOLLOMini
 from .base import ProjectedRecipe, Recipe, RuleRecipe
+from .cosmos import COSMOS
 from .fira import Fira
 from .frugal import FRUGAL
 from .galore import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion
@@ -46,7 +48,7 @@ from .sgd_sai import SGDSaI
 from .sophia import Sophia
 from .spam import SPAM, StableSPAM
 
-__all__ = ["APOLLO", "FRUGAL", "LISA", "OwLore", "SCALE", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
+__all__ = ["APOLLO", "COSMOS", "FRUGAL", "LISA", "OwLore", "SCALE", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
            "AdamW", "AdamW4bit", "AdamW8bit", "Adan", "Fira", "Lion", "Muon", "RuleRecipe", "SGDSaI",
            "Sophia", "StableSPAM",
            "GaLoreAdafactor", "GaLoreAdamW", "GaLoreAdamW8bit", "GaLoreLion", "NaturalGaLore",

@@ -13,6 +13,7 @@
 | ``sophia`` | ``sophia.py`` (SophiaG; reads ``hessian_grads``) | exp_avg, hessian |
 | ``muon`` | ``muon.py`` (Newton–Schulz; matrices only) | momentum_buffer |
 | ``colnorm`` | ``colnorm.py`` (SCALE's; matrices only) | exp_avg when momentum > 0 |
+| ``cosmos`` | ``cosmos.py`` (eigen-subspace Adam + Newton–Schulz; matrices only) | exp_avg, exp_avg_sq (m×r), eigenbasis, eigen_gram |
 
 The interface is in ``base.py``. A registered rule trains, checkpoints and resumes like these: its
 moments are allocated, stored in low bits, planned and checked on load from ``moment_shapes``.
@@ -30,6 +31,7 @@ from .adam_mini import AdamMiniRule
 from .adan import AdanRule
 from .base import Rule, decay_, decay_factor
 from .colnorm import ColumnNormRule
+from .cosmos import CosmosRule
 from .lion import LionRule
 from .muon import MuonRule
 from .natural import NaturalRule
@@ -70,7 +72,7 @@ def unprojected_rule(name: str) -> str:
 
 for _rule in (ADAM, LionRule(), AdafactorRule(), NaturalRule(), AdaBeliefRule(), AdanRule(),
               AdamMiniRule(), SGDSaIRule(), SophiaRule(), MuonRule(),
-              ColumnNormRule()):
+              ColumnNormRule(), CosmosRule()):
     register_rule(_rule.name, _rule)
 
 __all__ = ["ADAM", "RULES", "AdamRule", "Rule", "decay_", "decay_factor", "get_rule",
