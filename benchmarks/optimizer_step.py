@@ -113,13 +113,18 @@ def recipe_sets(args):
         "spike": [("slimtrain spam", lambda m: so.SPAM(m), False),
                   ("slimtrain stable-spam", lambda m: so.StableSPAM(m), False)],
         # issue 19: Muon (bf16 Newton–Schulz on the matrices, AdamW on the rest), MuonQ's 8-bit
-        # momentum, GaLore-Muon, SCALE, COSMOS (rank 64) and LISA with 2 of the 8 blocks active
+        # momentum, GaLore-Muon, SCALE, COSMOS (rank 64), GradNormLoRP beside the GaLore it extends,
+        # and LISA with 2 of the 8 blocks active
         "matrix": [("slimtrain muon", lambda m: so.Muon(m), False),
                    ("slimtrain muon ns_dtype=float32", lambda m: so.Muon(m, ns_dtype="float32"), False),
                    ("slimtrain muon state_bits=8", lambda m: so.Muon(m, state_bits=8), False),
                    ("slimtrain muon rank=128", lambda m: so.Muon(m, rank=r, refresh_every=T), False),
                    ("slimtrain scale", lambda m: so.SCALE(m), False),
                    ("slimtrain cosmos", lambda m: so.COSMOS(m), False),
+                   ("slimtrain gradnorm-lorp", lambda m: so.GradNormLoRP(m, rank=r, refresh_every=T),
+                    False),
+                   ("slimtrain galore-adamw", lambda m: so.GaLoreAdamW(m, rank=r, refresh_every=T),
+                    False),
                    ("slimtrain lisa layers_active=2", lambda m: so.LISA(m, layers_active=2), False),
                    ("torch Muon + AdamW", _torch_muon, True)],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import warnings
@@ -68,13 +69,23 @@ def _guarded(action: Callable[[], object]) -> None:
         warnings.formatwarning = previous
 
 
+def _quiet(command: Callable) -> Callable:
+    """``command`` with the peers' known start-up logs hidden (commands that report their errors
+    themselves, so not through ``_guarded``)."""
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def run(*args, **kwargs):
+        with quiet_peer_logs():
+            return command(*args, **kwargs)
+    return run
+
+
 from .memory.cli import plan_command  # noqa: E402  (the planner's command lives with the planner)
 
-app.command("plan")(plan_command)
+app.command("plan")(_quiet(plan_command))
 
 from .bench.cli import bench_command  # noqa: E402
 
-app.command("bench")(bench_command)
+app.command("bench")(_quiet(bench_command))
 
 
 @app.command()

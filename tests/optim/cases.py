@@ -219,6 +219,39 @@ def cosmos_reference(lr, weight_decay=0.0, adamw_lr=None, **kw):
     return build
 
 
+class WeightNormReference(torch.optim.Optimizer):
+    """GradNormLoRP's reparameterisation written out with explicit tensors: V (the direction, kept
+    here) and g (one magnitude per row) trained by torch's AdamW on their chain-rule gradients,
+    W = g·V/‖V‖ written into the model after each step. The full-rank limit of the recipe."""
+
+    def __init__(self, params, lr, eps, weight_decay, torch_kw):
+        self.ws = list(params)
+        self.V = [torch.nn.Parameter(w.detach().clone()) for w in self.ws]
+        self.g = [torch.nn.Parameter(w.detach().norm(dim=1)) for w in self.ws]
+        self.inner = [torch.optim.AdamW(self.V, lr=lr, eps=eps, weight_decay=weight_decay, **torch_kw),
+                      torch.optim.AdamW(self.g, lr=lr, eps=eps, weight_decay=0.0, foreach=False)]
+        super().__init__(self.ws, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self):
+        for w, V, g in zip(self.ws, self.V, self.g):
+            unit = V / V.norm(dim=1, keepdim=True)
+            g.grad = (w.grad * unit).sum(dim=1)
+            V.grad = (g / V.norm(dim=1)).unsqueeze(1) * (w.grad - unit * g.grad.unsqueeze(1))
+        for opt in self.inner:
+            opt.step()
+        for w, V, g in zip(self.ws, self.V, self.g):
+            w.copy_(g.unsqueeze(1) * V / V.norm(dim=1, keepdim=True))
+
+
+def weight_norm_reference(lr, eps=1e-6, weight_decay=0.0):
+    def build(named, torch_kw):
+        targets, rest = _split(named)
+        return [WeightNormReference(targets, lr, eps, weight_decay, torch_kw),
+                torch.optim.AdamW(rest, lr=lr, eps=eps, weight_decay=weight_decay, **torch_kw)]
+    return build
+
+
 def scale_reference(head=r"\.tall\.weight$", embed=r"embed", **kw):
     def build(named, torch_kw):
         return [ScaleReference(named, lambda n: re.search(head, n),
@@ -385,8 +418,16 @@ _MATRIX = [
          equals_reference=False, **_MUON),
     # the Newton–Schulz residual in float32 on both sides: bf16 rounds differently in the two
     # write-ups (the authors' own normalises in bf16)
+    # GradNormLoRP rebuilds V from W every step (the reference keeps V): rounding, 3e-7 of the
+    # largest weight after the suite's 5 steps
+    _projected("gradnorm-lorp", exact=False, rtol=5e-6, full_rank=weight_norm_reference(1e-2)),
+    _projected("gradnorm-lorp", exact=False, rtol=5e-6, weight_decay=0.1, basis="svd",
+               switch="reproject", full_rank=weight_norm_reference(1e-2, weight_decay=0.1)),
+    _lowbit("gradnorm-lorp", state_bits=8),
     Case("cosmos", dict(lr=1e-2, targets=TARGETS, rank=4, ns_dtype="float32", weight_decay=0.1),
          exact=False, rtol=2e-5, bad_betas_match="betas",
          full_rank=cosmos_reference(1e-2, weight_decay=0.1, rank=4, ns_dtype=torch.float32)),
+    Case("cosmos", dict(lr=1e-2, targets=TARGETS, rank=4, state_bits=8, **_LOW),
+         equals_reference=False, bad_betas_match="betas"),
 ]
 CASES += _MATRIX

@@ -57,6 +57,7 @@ RECIPES = {
     # residual (float32 here for the same reason as muon:rank)
     "scale": dict(lr=1e-3),
     "cosmos": dict(lr=1e-3, rank=8, ns_dtype="float32"),
+    "gradnorm-lorp": dict(lr=1e-2, **PROJ),  # row norms: local to a row-sharded shard
 }
 
 
@@ -190,7 +191,7 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
 DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
                "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion",
-               "adam-mini", "stable-spam", "muon", "cosmos"]
+               "adam-mini", "stable-spam", "muon", "cosmos", "gradnorm-lorp"]
 SAVE_AT = 6
 
 

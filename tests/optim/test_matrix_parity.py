@@ -148,5 +148,54 @@ def test_cosmos_keeps_its_subspace_state_and_matches_its_write_up_in_bfloat16():
     assert {k: tuple(v.shape) for k, v in state.items() if k != "step"} == {
         "exp_avg": (144, 64), "exp_avg_sq": (144, 8), "eigenbasis": (64, 8), "eigen_gram": (8, 8)}
     assert ours.state_bytes() == ours.planned_state_bytes()
-    with pytest.raises(ValueError, match="full precision"):
-        so.create("cosmos", tiny_llama(), state_bits=8)
+    low = so.create("cosmos", tiny_llama(), state_bits=8, rank=8, quantize_min_numel=64)
+    assert low.state[low.param_groups[0]["params"][0]]["eigenbasis"].dtype == torch.float32
+    assert "exp_avg_codes" in low.state[low.param_groups[0]["params"][0]]
+
+
+# ------------------------------------------------------------------ GradNormLoRP
+def test_gradnorm_lorp_is_galore_on_the_direction_and_adam_on_the_magnitudes():
+    """Three steps of gradnorm-lorp on a matrix equal GaLore-AdamW run on an explicit direction V
+    (fed ∂L/∂V) with Adam on the row magnitudes g (fed ∂L/∂g), W = g·V/‖V‖ — to float rounding."""
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(24, 40))
+    ours = quiet(so.create, "gradnorm-lorp", [("mlp.w.weight", W)], lr=1e-2, rank=4, basis="svd",
+                 refresh_every=2, targets="mlp")
+    V = torch.nn.Parameter(W.detach().clone())
+    g = torch.nn.Parameter(W.detach().norm(dim=1))
+    galore = quiet(so.create, "galore-adamw", [("mlp.w.weight", V)], lr=1e-2, rank=4, basis="svd",
+                   refresh_every=2, targets="mlp")
+    adam = torch.optim.AdamW([g], lr=1e-2, eps=1e-6, weight_decay=0.0, foreach=False)
+    for step in range(3):
+        G = torch.randn(24, 40, generator=torch.Generator().manual_seed(step))
+        W.grad = G.clone()
+        ours.step()
+        unit = V.detach() / V.detach().norm(dim=1, keepdim=True)
+        g.grad = (G * unit).sum(dim=1)
+        V.grad = (g.detach() / V.detach().norm(dim=1)).unsqueeze(1) * (G - unit * g.grad.unsqueeze(1))
+        galore.step()
+        adam.step()
+        want = g.detach().unsqueeze(1) * V.detach() / V.detach().norm(dim=1, keepdim=True)
+        torch.testing.assert_close(W.detach(), want, rtol=1e-5, atol=1e-6)
+    state = ours.state[W]
+    assert {k: tuple(state[k].shape) for k in ("wn_norm", "wn_exp_avg", "wn_exp_avg_sq")} == \
+        {"wn_norm": (24,), "wn_exp_avg": (24,), "wn_exp_avg_sq": (24,)}
+    assert ours.state_bytes() == ours.planned_state_bytes()
+
+
+def test_gradnorm_lorp_refuses_what_it_cannot_do():
+    model = tiny_llama()
+    opt = quiet(so.create, "gradnorm-lorp", model, rank=8)
+    with pytest.raises(ValueError, match="need each whole gradient"):
+        so.fuse_backward(model, opt)
+    saved = opt.state_dict()
+    with pytest.raises(ValueError, match="saved by GradNormLoRP"):
+        quiet(so.create, "galore-adamw", tiny_llama(), rank=8).load_state_dict(saved)
+    saved["recipe"] = "GaLoreAdamW"  # a state whose groups say weight_norm: refused all the same
+    saved["param_groups"] = [{k: v for k, v in g.items() if k != "slimtrain_state"}
+                             for g in saved["param_groups"]]
+    with pytest.raises(ValueError, match="weight_norm=True"):
+        quiet(so.create, "galore-adamw", tiny_llama(), rank=8).load_state_dict(saved)
+    with pytest.raises(ValueError, match="needs the adam rule"):
+        so.PipelineOptimizer([{"params": [torch.nn.Parameter(torch.randn(4, 4))], "rule": "lion",
+                               "weight_norm": True}], {})

@@ -31,7 +31,8 @@ SEED_METHODS = (
     "adabelief-pytorch", "adan", "po-adan", "adam-mini", "adam-mini-pkg", "sgd-sai", "sgd-sai-pkg",
     "sophia", "sophia-opt", "spam", "po-spam", "stable-spam", "po-stable-spam")
 # "matrix": the matrix-aware optimizers and layer sampling (issue 19); torch's Muon beside ours.
-MATRIX_METHODS = ("adamw", "adamw-pergroup", "muon", "torch-muon", "cosmos", "scale", "lisa", "owlore")
+MATRIX_METHODS = ("adamw", "adamw-pergroup", "muon", "torch-muon", "cosmos", "scale", "gradnorm-lorp",
+                  "galore-adamw", "lisa", "owlore")
 # --quick: the whole pipeline (sweep, second seed, a peer adapter, report, plots) in about a minute.
 QUICK = dict(methods="adamw,galore-adamw,galore-torch-adamw", tokens=10_240, seq_len=64, batch_size=8,
              trials=2, seeds="0,1", evals=4, eval_batches=2, jobs=2)

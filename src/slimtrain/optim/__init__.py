@@ -19,9 +19,9 @@ from .layerwise import FusedBackward, fuse_backward
 from .optimizer import STATE_FORMAT, PipelineOptimizer
 from .recipes import (APOLLO, COSMOS, FRUGAL, LISA, SCALE, SPAM, OwLore, AdaBelief, Adafactor,
                       AdamMini, AdamW, AdamW4bit, AdamW8bit, Adan, APOLLOMini, Fira,
-                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, Lion, Muon,
-                      NaturalGaLore, ProjectedRecipe, QGaLore, Recipe, RuleRecipe, SGDSaI, Sophia,
-                      StableSPAM, register_rest, rest_names)
+                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, GradNormLoRP,
+                      Lion, Muon, NaturalGaLore, ProjectedRecipe, QGaLore, Recipe, RuleRecipe,
+                      SGDSaI, Sophia, StableSPAM, register_rest, rest_names)
 from .registry import available, create, recipe, register
 from .rules import Rule, get_rule, register_rule
 from .targets import DEFAULT_TARGETS
@@ -30,7 +30,8 @@ __all__ = [
     "AdamW", "AdamW4bit", "AdamW8bit", "GaLoreAdamW", "GaLoreAdamW8bit",
     "APOLLO", "APOLLOMini", "Fira", "FRUGAL", "QGaLore", "NaturalGaLore",
     "GaLoreAdafactor", "GaLoreLion", "Lion", "Adafactor", "AdaBelief", "Adan", "AdamMini",
-    "SGDSaI", "Sophia", "SPAM", "StableSPAM", "Muon", "SCALE", "LISA", "OwLore", "COSMOS", "PipelineOptimizer", "Recipe", "ProjectedRecipe",
+    "SGDSaI", "Sophia", "SPAM", "StableSPAM", "Muon", "SCALE", "LISA", "OwLore", "COSMOS",
+    "GradNormLoRP", "PipelineOptimizer", "Recipe", "ProjectedRecipe",
     "RuleRecipe",
     "register_rest", "rest_names", "available", "create", "recipe", "register", "Rule", "Hyper",
     "option", "register_rule", "get_rule", "fuse_backward", "FusedBackward", "DEFAULT_TARGETS",

@@ -101,6 +101,9 @@ class PipelineOptions:
                                        "gradient norm and its square; None: off", kind="betas",
                                        none_ok=True)
     norm_eps: float = option(1e-8, "AdaGN: added to the running norm's root mean square", low=0)
+    weight_norm: bool = option(False, "keep each matrix as diag(g)·V/‖V‖ and train the direction "
+                               "V through the pipeline, the magnitudes g with Adam (GradNormLoRP; "
+                               "weight_norm.py)")
     fallback: dict | None = option(None, "a matrix-only rule's non-matrix parameters train with "
                                    "AdamW at AdamW's own lr/betas/eps; keys here override them")
 
@@ -206,6 +209,9 @@ def _check_combination(group: dict[str, Any]) -> None:
         if group["basis"] not in ORTHONORMAL_SELECTORS:
             raise ValueError(f"switch='reproject' needs an orthonormal basis, not "
                              f"{group['basis']!r}; use 'keep' or 'reset'")
+    if group["weight_norm"] and group["rule"] != "adam":
+        raise ValueError(f"weight_norm trains the magnitudes with Adam and needs the adam rule, "
+                         f"not {group['rule']!r}")
     if group["projector_bits"] is not None and group["basis"] == "gaussian":
         raise ValueError("the gaussian basis is stored as a seed already; drop projector_bits")
     if group["refresh"] == "lazy" and group["basis"] not in ("svd", "randomized"):

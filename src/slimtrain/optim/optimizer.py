@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._warnings import warn
-from . import stages
+from . import stages, weight_norm
 from .groups import (GROUP_DEFAULTS, ParamPlan, check_group, fill_group, plan_group, rule_keys,
                      split_matrix_only)
 from .lowbit import storage as lowbit
@@ -134,6 +134,8 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
             lowbit.init_moments(state, lowbit.layout(group, plan.rule, p, mine, whole), p.device)
             if stages.active(group):
                 state[stages.COUNTER] = torch.tensor(0.0, dtype=torch.float32)
+        if weight_norm.applies(group, p):
+            weight_norm.init_state(state, p)
 
     def adopt_replaced_params(self) -> None:
         """Plan again the parameters replaced in the groups since they were planned — accelerate's
@@ -147,6 +149,10 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
             if len(old) != len(group["params"]):
                 raise ValueError("a parameter group of this optimizer changed its number of "
                                  "parameters; build the optimizer again on the model")
+            if self.sampling is not None:
+                raise ValueError("this optimizer samples layers of the parameters it was built on, "
+                                 "which were replaced since (FSDP/accelerate prepare): build it "
+                                 "after wrapping the model")
             if self._learned:
                 raise ValueError("this optimizer's parameters were replaced after it took a step "
                                  "or loaded a state (its state belongs to the old tensors); build "
@@ -267,6 +273,8 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
         norm_sq = None
         if group["check_finite"]:
             params, norm_sq = self._drop_nonfinite(params, low_rank)
+        normed = [p for p in params if weight_norm.applies(group, p)]  # GradNormLoRP: W → V
+        saved = weight_norm.to_direction_(normed, [self.state[p] for p in normed])
         plain: dict[str, list[Tensor]] = {}
         for p in params:
             if not self._plans[p].projected:
@@ -276,6 +284,7 @@ class PipelineOptimizer(ProjectedStep, RuleStep, StateIO, torch.optim.Optimizer)
         projected = [p for p in params if self._plans[p].projected]
         if projected:
             self._step_projected(group, projected, low_rank, inputs)
+        weight_norm.from_direction_(normed, [self.state[p] for p in normed], group, saved)
         return norm_sq
 
     def _drop_nonfinite(self, params: list[Tensor], low_rank: dict[Tensor, Tensor]

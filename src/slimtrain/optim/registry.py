@@ -15,8 +15,8 @@ from ..userinput import did_you_mean
 from .config import Option, options_of
 from .recipes import (APOLLO, COSMOS, FRUGAL, LISA, SCALE, SPAM, OwLore, AdaBelief, Adafactor,
                       AdamMini, AdamW, AdamW4bit, AdamW8bit, Adan, APOLLOMini, Fira,
-                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, Lion, Muon,
-                      NaturalGaLore, QGaLore, SGDSaI, Sophia, StableSPAM)
+                      GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, GradNormLoRP,
+                      Lion, Muon, NaturalGaLore, QGaLore, SGDSaI, Sophia, StableSPAM)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ register("scale", SCALE, "SCALE: column-normalised SGD, momentum on the last lay
          "(Glentis et al. 2025)")
 register("cosmos", COSMOS, "COSMOS: Adam in the leading eigen-subspace, Newton-Schulz on the "
          "rest (Liu et al. 2025)")
+register("gradnorm-lorp", GradNormLoRP, "GradNormLoRP: weight-normalised matrices, GaLore on the "
+         "direction (Huang et al. 2025)")
 register("lisa", LISA, "LISA: AdamW on γ sampled blocks at a time, plus embeddings and head "
          "(Pan et al. 2024)")
 register("owlore", OwLore, "OwLore: blocks sampled by outlier ratio, GaLore on them "

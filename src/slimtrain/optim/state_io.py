@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import sampling, stages
+from . import sampling, stages, weight_norm
 from .lowbit import storage as lowbit
 from .lowbit.codec import swap_nibbles
 from .sharded.context import chunk_range, planning_shards
@@ -30,7 +30,7 @@ _RENAMED = {"adafactor": {"adafactor_beta1": "beta1", "factored_eps": "eps"},
 # Group keys that define what a step computes (not hyperparameters a resume may take from the
 # checkpoint, such as the scheduled lr): a state saved with other values is refused.
 DEFINING = ("rule", "backmap", "residual", "basis", "refresh", "switch", "side", "state_bits",
-            "projector_bits", "projector_group", "quantize_min_numel")
+            "projector_bits", "projector_group", "quantize_min_numel", "weight_norm")
 _V1_RULE_KEYS = ("betas", "eps", "eps_mode", "adafactor_beta1", "factored_eps", "decay_rate",
                  "clip_threshold", "natural_history", "natural_damping")
 _COUNTER = 4  # float32 step counters
@@ -77,6 +77,9 @@ class StateIO:
                     states += _COUNTER
                 if stages.active(group):
                     states += _COUNTER
+                if weight_norm.applies(group, p):
+                    rows = shards.rows[1] - shards.rows[0] if shards is not None else p.shape[0]
+                    states += weight_norm.planned_bytes(p, rows)
         return {"states": states, "projectors": projectors}
 
     def state_bytes(self) -> dict[str, int]:
@@ -192,6 +195,9 @@ class StateIO:
             mine, whole = (lowbit.stored_shapes(lay) for lay in self._layouts(p, groups[p]))
             entry = {}
             for key, value in state[ids[p]].items():
+                if key in weight_norm.ROW_KEYS:  # one number per row: the rows' split
+                    entry[key] = as_dtensor(value, shards, 0, (shards.global_shape[0],))
+                    continue
                 if not isinstance(value, Tensor) or key not in mine:
                     entry[key] = value if not isinstance(value, Tensor) or value.dim() == 0 \
                         else as_dtensor(value, shards, None, tuple(value.shape))
@@ -215,6 +221,8 @@ class StateIO:
             expected.update(basis_store.expected_shapes(p.shape, plan.rank, plan.side, group))
         if stages.active(group):
             expected[stages.COUNTER] = ()
+        if weight_norm.applies(group, p):
+            expected.update(weight_norm.expected_shapes(p))
         for key, shape in expected.items():
             got = state.get(key)
             if got is None or tuple(got.shape) != tuple(shape):

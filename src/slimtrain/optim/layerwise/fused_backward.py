@@ -40,6 +40,9 @@ def fused_refusal(optimizer) -> str | None:
     if optimizer.sampling is not None:
         return ("layer sampling (LISA/OwLore) does not take layer-wise updates yet: its gradients "
                 "are those of the γ active blocks already")
+    if any(g["weight_norm"] for g in optimizer.param_groups):
+        return ("weight-normalised matrices (GradNormLoRP) need each whole gradient for their "
+                "magnitudes, which layer-wise accumulation does not keep")
     return None
 
 

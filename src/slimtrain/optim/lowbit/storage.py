@@ -108,8 +108,15 @@ def layout(group: dict, rule: str, like: Tensor, shape, global_shape=None) -> La
     moments = {**kernel.moment_shapes(tuple(shape), group), **extra}
     whole = moments if global_shape is None else {
         **kernel.moment_shapes(tuple(global_shape), group), **extra}
-    return {key: (_storage(group, like.dtype, math.prod(whole[key]), key not in kernel.nonnegative),
-                  tuple(s)) for key, s in moments.items()}
+    return {key: (_storage(group, like.dtype, math.prod(whole[key]), key not in kernel.nonnegative)
+                  if key not in kernel.exact else _exact(group, like.dtype), tuple(s))
+            for key, s in moments.items()}
+
+
+def _exact(group: dict, dtype: torch.dtype) -> Storage:
+    """A moment the rule keeps unquantized (a basis must stay orthonormal): the parameter's dtype,
+    or float32 when the others are stored in fewer bits."""
+    return Storage(dtype if group["state_bits"] is None else torch.promote_types(dtype, torch.float32))
 
 
 def native(group: dict, like: Tensor, lay: Layout) -> bool:

@@ -20,6 +20,7 @@
 | muon | ``Muon`` | ``muon.py`` |
 | scale | ``SCALE`` | ``scale.py`` |
 | cosmos | ``COSMOS`` | ``cosmos.py`` |
+| gradnorm-lorp | ``GradNormLoRP`` (weight norm: ``weight_norm.py``) | ``gradnorm_lorp.py`` |
 | lisa, owlore | ``LISA``, ``OwLore`` (layer sampling: ``sampling.py``) | ``lisa.py`` |
 
 Each file opens with a table of where its math lives; ``base.py`` holds the config blocks and the
@@ -36,6 +37,7 @@ from .base import ProjectedRecipe, Recipe, RuleRecipe
 from .cosmos import COSMOS
 from .fira import Fira
 from .frugal import FRUGAL
+from .gradnorm_lorp import GradNormLoRP
 from .galore import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion
 from .lion import Lion
 from .lisa import LISA, OwLore
@@ -48,7 +50,7 @@ from .sgd_sai import SGDSaI
 from .sophia import Sophia
 from .spam import SPAM, StableSPAM
 
-__all__ = ["APOLLO", "COSMOS", "FRUGAL", "LISA", "OwLore", "SCALE", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
+__all__ = ["APOLLO", "COSMOS", "FRUGAL", "GradNormLoRP", "LISA", "OwLore", "SCALE", "SPAM", "APOLLOMini", "AdaBelief", "Adafactor", "AdamMini",
            "AdamW", "AdamW4bit", "AdamW8bit", "Adan", "Fira", "Lion", "Muon", "RuleRecipe", "SGDSaI",
            "Sophia", "StableSPAM",
            "GaLoreAdafactor", "GaLoreAdamW", "GaLoreAdamW8bit", "GaLoreLion", "NaturalGaLore",

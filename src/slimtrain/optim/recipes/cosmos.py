@@ -38,18 +38,14 @@ class COSMOS(Recipe):
     γ 0.2, lr_ratio 0.1, weight decay 0) on the ``targets`` (attention and MLP matrices): SOAP-like
     Adam in the leading r-dim eigen-subspace of EMA(GᵀG), Muon's Newton–Schulz on the rest of the
     gradient, one unit-norm step of length lr·lr_ratio·√(mn). The embeddings, head and norms train
-    with AdamW at ``adamw_lr``. State per m×n matrix: mn (momentum) + (m + n)r + r². The authors
+    with AdamW at ``adamw_lr``. State per m×n matrix: mn (momentum) + (m + n)r + r²;
+    ``state_bits=8`` quantizes the momentum and V, never the basis or S. The authors
     choose matrices by size (rows ≤ 10000, so a small vocabulary's embeddings get COSMOS too) and
     run their Adam with the COSMOS betas; here they are chosen by name and the rest is AdamW."""
 
     Config = CosmosConfig
     rule = "cosmos"
     state_formula = "m×n: mn momentum + mr + nr + r² (fp32) + a step counter; the rest: AdamW's"
-
-    def check(self, config) -> None:
-        if config.state_bits in (8, 4):
-            raise ValueError("cosmos keeps its eigenbasis and statistics in full precision: use "
-                             "state_bits None, 32 or 16")
 
     def param_groups_for(self, model_or_params, config):
         groups = build_param_groups(model_or_params, projection={}, targets=config.targets,

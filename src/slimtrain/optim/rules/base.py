@@ -33,7 +33,8 @@ rank-r projection gives r×max(m, n) moments. A rule declares:
 * ``elementwise`` — each element's update depends on that element alone (no reduction over the
   tensor): the core may then run the unprojected step on flat pieces of a large tensor;
 * ``reprojectable`` / ``nonnegative`` — which moments a basis switch may carry ("first": linear,
-  "second": a variance) and which are never negative (low-bit storage gives those unsigned maps).
+  "second": a variance) and which are never negative (low-bit storage gives those unsigned maps);
+* ``exact`` — moments never quantized, whatever ``state_bits`` (COSMOS's eigenbasis: float32).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Rule:
     elementwise = False
     reprojectable: dict[str, str] = {}
     nonnegative: tuple[str, ...] = ()
+    exact: tuple[str, ...] = ()
 
     def moment_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
         raise NotImplementedError

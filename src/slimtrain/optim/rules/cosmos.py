@@ -48,6 +48,7 @@ class CosmosRule(Rule):
     matrix_only = True
     reads_shape = True
     nonnegative = ("exp_avg_sq",)
+    exact = ("eigenbasis", "eigen_gram")  # a quantized basis would not stay orthonormal
 
     def moment_shapes(self, shape, group):
         m, n = shape
