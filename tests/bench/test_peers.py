@@ -173,6 +173,9 @@ def test_torch_muon_peer_equals_slimtrains_muon():
         one_step(b, ref)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
+    saved = ref.state_dict()  # the trainer's checkpoint round-trips it
+    ref.load_state_dict(saved)
+    assert len(saved["optimizers"]) == 2
     muon = sum(len(g["params"]) for g in ours.param_groups if g["rule"] == "muon")
     # the same moments; torch's Muon keeps no step counter (ours: 4 bytes a matrix)
     assert ref.state_bytes()["states"] == ours.state_bytes()["states"] - 4 * muon

@@ -71,6 +71,26 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+def resumes_exactly(flags, tmp_path):
+    """Run ``pretrain *flags(out)`` whole, and again stopped before its last checkpoint then
+    resumed: the two trajectories and final weights must be equal. Returns the whole run's
+    directory."""
+    import shutil
+
+    from slimtrain.train.checkpoint import list_checkpoints
+
+    full, out = tmp_path / "full", tmp_path / "resumed"
+    for run in (full, out):
+        result = cli("pretrain", *flags(run))
+        assert result.exit_code == 0, result.stderr
+    shutil.rmtree(list_checkpoints(out)[-1])
+    result = cli("pretrain", "--resume", out)
+    assert result.exit_code == 0, result.stderr
+    assert trajectory(out) == trajectory(full)
+    assert_same_weights(final_weights(out), final_weights(full))
+    return full
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, model_dir, corpus):
     """An uninterrupted 24-step run (checkpoints at 8, 16, 24)."""

@@ -1,13 +1,11 @@
 """``slimtrain pretrain --optimizer lisa``: the trainer runs the sampled blocks and a run resumed
 mid-period continues exactly (the sampler's state travels with the optimizer's)."""
 
-import shutil
-
 import torch
 
 from slimtrain.train.checkpoint import STATE_FILE, list_checkpoints
 
-from .conftest import assert_same_weights, cli, final_weights, trajectory
+from .conftest import cli, resumes_exactly
 
 
 def flags(model_dir, corpus, out):
@@ -18,18 +16,10 @@ def flags(model_dir, corpus, out):
 
 
 def test_lisa_trains_and_resumes_exactly(model_dir, corpus, tmp_path):
-    full = tmp_path / "full"
-    result = cli("pretrain", *flags(model_dir, corpus, full))
-    assert result.exit_code == 0, result.stderr
+    # resumed from step 8: mid-period (K = 3)
+    full = resumes_exactly(lambda out: flags(model_dir, corpus, out), tmp_path)
     state = torch.load(list_checkpoints(full)[-1] / STATE_FILE, weights_only=True)["optimizer"]
     assert state["param_groups"][0]["_layer_sampling"][0] == 10  # steps taken
-    out = tmp_path / "resumed"
-    assert cli("pretrain", *flags(model_dir, corpus, out)).exit_code == 0
-    shutil.rmtree(list_checkpoints(out)[-1])  # resume from step 8: mid-period (K = 3)
-    result = cli("pretrain", "--resume", out)
-    assert result.exit_code == 0, result.stderr
-    assert trajectory(out) == trajectory(full)
-    assert_same_weights(final_weights(out), final_weights(full))
 
 
 def test_lisa_with_layer_wise_updates_is_one_clear_error(model_dir, corpus, tmp_path):

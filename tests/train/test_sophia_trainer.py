@@ -1,13 +1,11 @@
 """``slimtrain pretrain --optimizer sophia``: the trainer estimates SophiaG's curvature every k
 steps (sampled labels, one extra backward) and a resumed run draws the same labels."""
 
-import shutil
-
 import torch
 
 from slimtrain.train.checkpoint import STATE_FILE, list_checkpoints
 
-from .conftest import assert_same_weights, cli, final_weights, trajectory
+from .conftest import cli, resumes_exactly
 
 
 def flags(model_dir, corpus, out):
@@ -18,19 +16,11 @@ def flags(model_dir, corpus, out):
 
 
 def test_the_trainer_estimates_the_curvature_and_resumes_exactly(model_dir, corpus, tmp_path):
-    full = tmp_path / "full"
-    result = cli("pretrain", *flags(model_dir, corpus, full))
-    assert result.exit_code == 0, result.stderr
+    # resumed from step 8: an estimate falls at step 9
+    full = resumes_exactly(lambda out: flags(model_dir, corpus, out), tmp_path)
     state = torch.load(list_checkpoints(full)[-1] / STATE_FILE, weights_only=True)["optimizer"]
     assert all(float(s["hessian"].abs().sum()) > 0 for s in state["state"].values())
     assert state["param_groups"][0]["bs"] == 4 * 64  # tokens per step
-    out = tmp_path / "resumed"
-    assert cli("pretrain", *flags(model_dir, corpus, out)).exit_code == 0
-    shutil.rmtree(list_checkpoints(out)[-1])  # resume from step 8: an estimate falls at step 9
-    result = cli("pretrain", "--resume", out)
-    assert result.exit_code == 0, result.stderr
-    assert trajectory(out) == trajectory(full)
-    assert_same_weights(final_weights(out), final_weights(full))
 
 
 def test_sophia_with_layer_wise_updates_is_one_clear_error(model_dir, corpus, tmp_path):

@@ -277,6 +277,13 @@ class _Both(torch.optim.Optimizer):
         for opt in self._inner:
             opt.zero_grad(set_to_none)
 
+    def state_dict(self):  # the trainer checkpoints it: each one's, side by side
+        return {"optimizers": [opt.state_dict() for opt in self._inner]}
+
+    def load_state_dict(self, state_dict):
+        for opt, saved in zip(self._inner, state_dict["optimizers"]):
+            opt.load_state_dict(saved)
+
 
 def _torch_muon(model, lr, wd, rank, options):
     """torch.optim.Muon on the attention/MLP matrices, torch's fused AdamW at AdamW's lr (1e-3)
