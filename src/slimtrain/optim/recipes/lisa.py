@@ -28,6 +28,10 @@ class SampledRecipe:
         return None  # uniform
 
     def start_sampling(self, config) -> None:
+        if self._shards:
+            raise ValueError("layer sampling runs on unsharded parameters for now (FSDP2's "
+                             "reduce-scatter is built for a fixed set of trainable ones): train "
+                             "it on one process")
         params = [p for g in self.param_groups for p in g["params"]]
         names = [self.plan_of(p).name for p in params]
         found = find_blocks(names, config.blocks)
