@@ -48,13 +48,12 @@ RECIPES = {
     "adam-mini": dict(lr=1e-3),
     "sgd-sai": dict(lr=1e-3),
     "stable-spam": dict(lr=1e-3, reset_every=4),
-    # issue 19: Muon gathers each matrix's update for the Newton–Schulz iteration (bit for bit
-    # unprojected). Projected, R's sum over the ranks rounds differently, and a bfloat16
-    # iteration turns that last-bit difference into bfloat16's 4e-3: compared in float32
+    # issue 19: Muon gathers each matrix's update for the Newton–Schulz iteration (bit for bit;
+    # projected, R's sum over the ranks rounds differently and a bfloat16 iteration turns that
+    # last bit into bfloat16's 4e-3: compare in float32 — measured once, not kept for time)
     "muon": dict(lr=1e-3),
-    "muon:rank": dict(lr=1e-3, ns_dtype="float32", **PROJ),
     # SCALE's embedding norm spans the ranks; COSMOS sums GᵀGP and (GP)ᵀGP and gathers its
-    # residual (float32 here for the same reason as muon:rank)
+    # residual (float32 here for the reason above)
     "scale": dict(lr=1e-3),
     "cosmos": dict(lr=1e-3, rank=8, ns_dtype="float32"),
     "gradnorm-lorp": dict(lr=1e-2, **PROJ),  # row norms: local to a row-sharded shard
@@ -191,7 +190,7 @@ def run_workers(out_dir: str, target=worker, timeout: float = 300.0) -> None:
 # ------------------------------------------------------------------ DCP: save on 2, load on 1 and 2
 DCP_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "galore-adamw8bit", "apollo", "apollo-mini",
                "fira", "frugal", "q-galore", "galore-adafactor", "natural-galore", "galore-lion",
-               "adam-mini", "stable-spam", "muon", "cosmos", "gradnorm-lorp"]
+               "adam-mini", "stable-spam", "cosmos", "gradnorm-lorp"]
 SAVE_AT = 6
 
 
@@ -295,7 +294,7 @@ def load_on_one_process(name: str, out_dir: str) -> dict:
 
 # ------------------------------------------------------------------ layer-wise updates on FSDP2
 FUSED_RECIPES = ["adamw", "adamw8bit", "galore-adamw", "apollo", "fira", "galore-adafactor",
-                 "adam-mini", "stable-spam", "muon"]
+                 "adam-mini", "stable-spam"]
 
 
 def layerwise(name: str, rank: int, fused: bool, grad_accum: int) -> dict:

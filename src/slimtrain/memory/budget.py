@@ -53,7 +53,13 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
     config = model_config(model)
     names = recipes or optim.available()
     fits: list[Fit] = []
-    weights_only = None
+    weights_only = _static(model, names[0], seq_len=seq_len, param_dtype=param_dtype,
+                           autocast=autocast, fused_backward=False, grad_accum=1,
+                           activation_checkpointing=False, recipe_kwargs={}).weights
+    if weights_only > budget:  # before searching: nothing can fit
+        raise ValueError(f"the budget ({budget / 2**30:.2f} GiB) is below the weights alone "
+                         f"({weights_only / 2**30:.2f} GiB): no recipe fits; use a smaller model or "
+                         "bfloat16 weights")
     for name in names:
         # recipes that project by default get the rank ladder; the one-rule recipes (lion, …)
         # are planned as they are (their rank= variants are the galore-* recipes' plans)
@@ -72,16 +78,11 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
                                              recipe_kwargs=dict(kwargs))
                         except FusedRefused:  # Sophia's step inputs, LISA's sampling
                             continue
-                        weights_only = static.weights
                         batch = _largest_batch(static, budget, max_batch)
                         if batch:
                             at = _with_batch(static, batch)
                             fits.append(Fit(name, dict(kwargs, fused_backward=fb, activation_checkpointing=ckpt),
                                             batch, at.total, at.optimizer_states + at.projectors))
-    if weights_only is not None and weights_only > budget:
-        raise ValueError(f"the budget ({budget / 2**30:.2f} GiB) is below the weights alone "
-                         f"({weights_only / 2**30:.2f} GiB): no recipe fits; use a smaller model or "
-                         "bfloat16 weights")
     fits.sort(key=lambda f: (-f.state_bytes, f.settings["activation_checkpointing"],
                              f.settings["fused_backward"], -f.max_batch))
     return fits
