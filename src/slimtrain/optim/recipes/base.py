@@ -162,6 +162,15 @@ class ProjectedRecipe(Recipe):
         return split_no_decay(groups, config.no_decay), defaults
 
 
+def rest_at_lr(groups: list[dict], defaults: dict[str, Any], rule: str, lr: float) -> None:
+    """A matrix-only recipe's AdamW parts — its rest group (another rule) and the fallback of its
+    non-matrix targets — train at ``lr`` (Muon's and COSMOS's ``adamw_lr``)."""
+    for group in groups:
+        if group.get("rule", rule) != rule:
+            group["lr"] = lr
+    defaults["fallback"] = {**(defaults.get("fallback") or {}), "lr": lr}
+
+
 @dataclass
 class OptionalProjection(Projection):
     """Projection for the recipes of one rule, off unless ``rank`` is given: ``rank=128`` makes

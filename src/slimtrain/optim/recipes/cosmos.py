@@ -15,7 +15,7 @@ from typing import Any
 from ..config import option
 from ..rules.cosmos import CosmosHyper
 from ..targets import build_param_groups, split_no_decay
-from .base import Base, Projection, Recipe, Runtime, like
+from .base import Base, Projection, Recipe, Runtime, like, rest_at_lr
 from .rest import rest_keys
 
 
@@ -50,9 +50,7 @@ class COSMOS(Recipe):
     def param_groups_for(self, model_or_params, config):
         groups = build_param_groups(model_or_params, projection={}, targets=config.targets,
                                     rest=rest_keys(config.rest, self.rule))
-        adamw_lr = config.lr if config.adamw_lr is None else config.adamw_lr
-        for group in groups[1:]:
-            group["lr"] = adamw_lr
-        defaults = {**self.shared_keys(config), "eigen_rank": config.rank,
-                    "fallback": {"lr": adamw_lr}}
+        defaults = {**self.shared_keys(config), "eigen_rank": config.rank}
+        rest_at_lr(groups, defaults, self.rule,
+                   config.lr if config.adamw_lr is None else config.adamw_lr)
         return split_no_decay(groups, config.no_decay), defaults

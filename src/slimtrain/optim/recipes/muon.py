@@ -17,7 +17,7 @@ from ..config import option
 from ..groups import PipelineOptions
 from ..rules.adam import ADAMW_LR
 from ..rules.muon import MuonHyper
-from .base import Base, OptionalProjection, ProjectedRecipe, Runtime, Subspace, like
+from .base import Base, OptionalProjection, ProjectedRecipe, Runtime, Subspace, like, rest_at_lr
 
 
 @dataclass
@@ -44,8 +44,5 @@ class Muon(ProjectedRecipe):
 
     def param_groups_for(self, model_or_params, config):
         groups, defaults = super().param_groups_for(model_or_params, config)
-        for group in groups:
-            if group.get("rule", self.rule) != self.rule:  # the rest
-                group["lr"] = config.adamw_lr
-        defaults["fallback"] = {"lr": config.adamw_lr}
+        rest_at_lr(groups, defaults, self.rule, config.adamw_lr)
         return groups, defaults
