@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 def plan_command(
     model: str = typer.Option("60m", help="Preset (tiny, small, 60m, 130m, 350m, 1b, 7b; 'llama-7b' works "
                                           "too) or a local directory / config.json in Hugging Face layout."),
-    recipe: str = typer.Option("adamw", help="Optimizer recipe (see `slimtrain optimizers`)."),
+    recipe: str = typer.Option("adamw", "--recipe", "--optimizer",
+                               help="Optimizer recipe (see `slimtrain optimizers`)."),
     rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's)."),
     state_bits: Optional[int] = typer.Option(None, help="Optimizer-state precision, for recipes that take it."),
     optim_arg: Optional[list[str]] = typer.Option(None, "--optim-arg", help="Any other recipe option "
@@ -116,6 +117,12 @@ def plan_command(
         else:
             console.print(f"Per rank of {world_size} (DDP: everything replicated); each step "
                           f"all-reduces {d['comm_bytes_per_step'] / 2**30:.3f} GiB of gradients.")
+    if result.settings.get("zeroth_order"):
+        console.print(f"{result.details['parameters'] / 1e6:.1f}M parameters. Zeroth-order: weights "
+                      "+ state + one forward pass — no gradients, nothing saved for backward; "
+                      "activations: the logits and one decoder layer at a time; temporaries: the "
+                      "loss's fp32 log-softmax of the logits.")
+        return
     console.print(f"{result.details['parameters'] / 1e6:.1f}M parameters. Activations: the tensors "
                   "transformers' LLaMA saves for backward + logits; temporaries: an upper bound on the "
                   "peak of the backward's loss head or of the optimizer step and subspace refresh.")

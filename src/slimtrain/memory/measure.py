@@ -92,6 +92,23 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
+def _zeroth_order_steps(model, optimizer, steps, batch_size, seq_len, vocab, gen, device, autocast,
+                        result) -> None:
+    """``optimizer.step(closure)`` ``steps`` times; activations: what the closure's forward saves
+    for backward (nothing, under no_grad) plus the logits it returns."""
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
+
+        def closure():
+            with saved_tensor_bytes(model) as saved, torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(input_ids=ids, labels=ids)
+            result["activations"] = saved["bytes"] + out.logits.untyped_storage().nbytes()
+            return out.loss
+
+        optimizer.step(closure)
+
+
 def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: int, seq_len: int,
             steps: int = 2, autocast: bool = False, seed: int = 0, fused_backward: bool = False,
             grad_accum: int = 1, **fuse_kwargs) -> dict[str, int | None]:
@@ -116,7 +133,10 @@ def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: i
     rss_reset = reset_peak_rss()
     result: dict[str, int | None] = {}
     model.train()
-    for _ in range(steps):
+    if getattr(optimizer, "zeroth_order", False):  # forward passes only: no gradient, nothing saved
+        _zeroth_order_steps(model, optimizer, steps, batch_size, seq_len, vocab, gen, device,
+                            autocast, result)
+    for _ in range(0 if getattr(optimizer, "zeroth_order", False) else steps):
         for _ in range(grad_accum):
             ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
             with saved_tensor_bytes(model) as saved, torch.autocast(device.type, dtype=torch.bfloat16,

@@ -20,6 +20,10 @@ The parts (all integers, bytes):
   the subspace refresh workspace of the largest projected matrix (the SVD's);
 * ``total``: their sum.
 
+A zeroth-order recipe (``optim/zo/``) needs no gradients and saves nothing for backward: its plan
+is the weights, its state (none for MeZO), the logits and one decoder layer of a forward pass,
+and the loss head's fp32 temporaries (``_forward_only``).
+
 The paper tables count other things (weights + states only, in BF16); ``README.md`` in this
 package's tests and the project README reconcile them.
 """
@@ -196,6 +200,10 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     optimizer = _build_optimizer(recipe, meta, recipe_kwargs)
     if not hasattr(optimizer, "planned_state_bytes"):
         raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
+    zeroth_order = bool(getattr(optimizer, "zeroth_order", False))
+    if zeroth_order and fused_backward:
+        raise FusedRefused(f"recipe {recipe!r} is zeroth-order: it runs no backward pass, so there "
+                           "is nothing to fuse (plan it without fused backward)")
     reason = fused_refusal(optimizer) if fused_backward else None
     if reason:  # as optim.fuse_backward refuses it
         raise FusedRefused(f"recipe {recipe!r}: {reason} (plan it without fused backward)")
@@ -206,7 +214,10 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     if fused_backward and grad_accum > 1:
         settings["fused_refresh_from"] = fused_refresh_from
     weights = sum(p.numel() for p in meta.parameters()) * elem
-    gradients = _gradient_bytes(meta, optimizer, elem, fused_backward, grad_accum, fused_refresh_from)
+    gradients = 0 if zeroth_order else _gradient_bytes(meta, optimizer, elem, fused_backward,
+                                                       grad_accum, fused_refresh_from)
+    if zeroth_order:
+        settings["zeroth_order"] = True
     extra = {}
     if parallel is not None:
         from .parallel import per_rank
@@ -230,6 +241,8 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
                                  autocast=st.settings["autocast"],
                                  checkpointing=st.settings["activation_checkpointing"])
     backward_head = 2 * 4 * batch_size * seq_len * st.shape.vocab
+    if st.settings.get("zeroth_order"):  # one forward pass under no_grad: nothing is saved
+        return _forward_only(st, batch_size, act, backward_head)
     details = {"parameters": st.parameters, **act, "backward_head": backward_head,
                "step_temporaries": st.step_temporaries, "refresh_workspace": st.refresh_workspace,
                **st.extra}
@@ -239,6 +252,26 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
         projectors=st.states["projectors"],
         activations=act["saved"] + act["logits"] + act["weight_casts"] + act["recompute"],
         temporaries=max(backward_head, st.step_temporaries + st.refresh_workspace), details=details)
+
+
+def _forward_only(st: _Static, batch_size: int, act: dict[str, int], loss_head: int) -> MemoryPlan:
+    """A zeroth-order step's memory: weights + state + one forward pass. Alive in a forward under
+    no_grad: the returned logits, and at most one decoder layer's tensors at a time (bounded by
+    what that layer saves for a backward, ``activations._layer``); the loss's fp32 upcast and
+    log-softmax of the logits come on top briefly (temporaries, as the backward head's)."""
+    layer = act["recompute"] or _one_layer(st, batch_size)
+    details = {"parameters": st.parameters, "logits": act["logits"], "forward_layer": layer,
+               "loss_head": loss_head, **st.extra}
+    return MemoryPlan(
+        model=st.model, recipe=st.recipe, settings={"batch_size": batch_size, **st.settings},
+        weights=st.weights, gradients=0, optimizer_states=st.states["states"],
+        projectors=st.states["projectors"], activations=act["logits"] + layer,
+        temporaries=loss_head, details=details)
+
+
+def _one_layer(st: _Static, batch_size: int) -> int:
+    return saved_activation_bytes(st.shape, batch_size, st.settings["seq_len"], param_bytes=st.elem,
+                                  autocast=st.settings["autocast"], checkpointing=True)["recompute"]
 
 
 def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 256,

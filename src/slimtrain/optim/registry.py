@@ -17,6 +17,7 @@ from .recipes import (APOLLO, COSMOS, FRUGAL, LISA, SCALE, SPAM, OwLore, AdaBeli
                       AdamMini, AdamW, AdamW4bit, AdamW8bit, Adan, APOLLOMini, Fira,
                       GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreLion, GradNormLoRP,
                       Lion, Muon, NaturalGaLore, QGaLore, SGDSaI, Sophia, StableSPAM)
+from .zo import RECIPES as ZO_RECIPES
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Recipe:
         """The default of option ``name`` (``fallback`` when the recipe has no such option)."""
         return next((o.default for o in self.options() or () if o.name == name), fallback)
 
+    @property
+    def zeroth_order(self) -> bool:
+        """Trains from forward passes only (``optim/zo/``: ``step(closure)``, no gradients)."""
+        return bool(getattr(self.factory, "zeroth_order", False))
+
     def accepts(self, name: str) -> bool:
         options = self.options()
         return options is None or any(o.name == name for o in options)
@@ -59,8 +65,16 @@ def register(name: str, factory: Callable[..., torch.optim.Optimizer], summary: 
     _RECIPES[name] = Recipe(name, factory, summary)
 
 
-def available() -> list[str]:
-    return sorted(_RECIPES)
+KINDS = ("all", "gradient", "zeroth-order")
+
+
+def available(kind: str = "all") -> list[str]:
+    """Registered names: ``"gradient"`` those that step on ``.grad`` after a backward pass,
+    ``"zeroth-order"`` those that step on forward passes of a closure, ``"all"`` both."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return sorted(n for n, r in _RECIPES.items()
+                  if kind == "all" or r.zeroth_order == (kind == "zeroth-order"))
 
 
 def recipe(name: str) -> Recipe:
@@ -110,3 +124,14 @@ register("lisa", LISA, "LISA: AdamW on γ sampled blocks at a time, plus embeddi
 register("owlore", OwLore, "OwLore: blocks sampled by outlier ratio, GaLore on them "
          "(Li et al. 2024)")
 register("stable-spam", StableSPAM, "Stable-SPAM: Adam with adaptive spike clipping and norm scaling (Huang et al. 2025)")
+
+_ZO_SUMMARIES = {
+    "mezo": "MeZO: zeroth-order SGD, two forward passes a step, no gradient (Malladi et al. 2023)",
+    "zo-sgd-sign": "ZO-SGD-Sign: the sign of MeZO's estimate (ZO-Bench, Zhang et al. 2024)",
+    "zo-sgd-momentum": "ZO-SGD-MMT: heavy-ball momentum on MeZO's estimate (ZO-Bench)",
+    "zo-sgd-conservative": "ZO-SGD-Cons: keeps the best of θ, θ ± lr·G (ZO-Bench)",
+    "zo-adam": "ZO-Adam: Adam on MeZO's estimate, low-bit states optional (ZO-Bench)",
+    "sparse-mezo": "Sparse MeZO: perturbs and updates the small-magnitude weights only (Liu et al. 2024)",
+}
+for _zo in ZO_RECIPES:
+    register(_zo.name, _zo, _ZO_SUMMARIES[_zo.name])

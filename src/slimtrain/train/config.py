@@ -50,6 +50,9 @@ class TrainConfig:
     seq_len: int = _f(256, "Tokens per sequence (packed blocks).")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     warmup_steps: int | None = _f(None, "Linear warmup steps. Default: 10% of --steps.")
+    schedule: str = _f("auto", "Learning-rate schedule: cosine (linear warmup, cosine decay to "
+                       "--min-lr-ratio), constant (after the warmup), or auto: constant for "
+                       "zeroth-order optimizers (MeZO's), cosine for the others.")
     min_lr_ratio: float = _f(0.1, "Cosine decay ends at this fraction of the peak lr (papers: 0.1).")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0: no clipping).")
     precision: str = _f("auto", "fp32, bf16 (autocast), or auto: bf16 on GPUs that support it, "
@@ -109,6 +112,8 @@ class TrainConfig:
         if self.fused_refresh_from not in ("accumulated", "first"):
             raise UserError(f"--fused-refresh-from must be accumulated or first, got "
                             f"{self.fused_refresh_from!r}")
+        if self.schedule not in ("auto", "cosine", "constant"):
+            raise UserError(f"--schedule must be auto, cosine or constant, got {self.schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         return self
@@ -116,6 +121,20 @@ class TrainConfig:
 
 # What fine-tuning changes: a pretrained model needs a far smaller step than training from scratch.
 FINETUNE_DEFAULTS = dict(model=None, lr=3e-5, steps=200, eval_every=50, save_every=100)
+
+# Zeroth-order recipes (MeZO's paper): the recipe's own lr (1e-6 for MeZO, not fine-tuning's
+# 3e-5, at which it diverges), batch 16, a constant schedule without warmup.
+ZEROTH_ORDER_DEFAULTS = dict(lr=None, batch_size=16, schedule="constant", warmup_steps=0)
+
+
+def _zeroth_order(name) -> bool:
+    from .. import optim
+
+    try:
+        return optim.recipe(str(name)).zeroth_order
+    except ValueError:  # an unknown name fails later, with the list of names
+        return False
+
 
 # Settings that a resumed run may change: none of them alters what is computed.
 RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out", "nproc"}
@@ -176,8 +195,10 @@ def resolve(kind: str, file_values: dict[str, Any], flags: dict[str, Any]) -> Tr
               for f in fields(TrainConfig)}
     if kind == "finetune":
         values.update(FINETUNE_DEFAULTS)
-    values.update(file_values)
     flags = {k: v for k, v in flags.items() if v is not None}
+    if _zeroth_order(flags.get("optimizer", file_values.get("optimizer", values["optimizer"]))):
+        values.update(ZEROTH_ORDER_DEFAULTS)
+    values.update(file_values)
     if "optim_args" in flags:  # recipe arguments merge, key by key
         flags["optim_args"] = {**values["optim_args"], **flags["optim_args"]}
     values.update(flags)

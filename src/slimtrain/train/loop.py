@@ -70,6 +70,8 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
 def _gradient_bytes(run: Run) -> int:
     """The gradients a step holds: every trainable parameter's, or with layer-wise updates what
     the handle keeps alive at most (the planner's count)."""
+    if getattr(run.optimizer, "zeroth_order", False):  # forward passes only
+        return 0
     if run.fused is None:
         return sum(local_nbytes(p) for p in run.model.parameters() if p.requires_grad)
     from ..optim.layerwise import planned_gradient_bytes

@@ -177,6 +177,8 @@ def summary_table(s: dict[str, Any]) -> Table:
         ("validation perplexity", f"{s['val_ppl']:.1f}" if s["val_ppl"] is not None
          and math.isfinite(s["val_ppl"]) else "inf"),
         ("weights" + each, mib(s["weight_bytes"])),
+        ("gradients" + each, mib(s["gradient_bytes"]) if s.get("gradient_bytes") is not None
+         else "-"),
         ("optimizer state" + each, f"{mib(s['optimizer_state_bytes'])} ({ratio:.2f}× AdamW's "
                             f"{mib(s['adamw_state_bytes'])})"),
         (f"peak memory ({'GPU' if s['device'].startswith('cuda') else 'process RSS'}"

@@ -251,7 +251,12 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    train_module = model if dist is None else distributed.wrap(model, dist, device)
+    zeroth_order = optimizer_factory is None and optim.recipe(config.optimizer).zeroth_order
+    if zeroth_order:
+        _check_zeroth_order(config, dist)
+    # a zeroth-order step reduces one number (its loss) over the ranks and no gradient: DDP's
+    # buckets would only hold memory
+    train_module = model if dist is None or zeroth_order else distributed.wrap(model, dist, device)
     hidden = getattr(model.config, "hidden_size", 256)
     try:
         optimizer = (optimizer_factory(model) if optimizer_factory is not None else
@@ -262,11 +267,9 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         raise UserError(f"optimizer {config.optimizer} samples the blocks that train, which DDP's "
                         "and FSDP's gradient reduction do not follow yet: run it on one process "
                         "(drop --nproc)")
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, warmup, config.steps, min_lr_rate=config.min_lr_ratio)
+    if zeroth_order and optimizer.lr_warning():
+        say(f"warning: {optimizer.lr_warning()}")
+    scheduler = _scheduler(config, optimizer, zeroth_order)
 
     params = sum(p.numel() for p in model.parameters())
     run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
@@ -287,6 +290,29 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if ckpt is not None:
         _restore(run, ckpt, state)
     return run
+
+
+def _check_zeroth_order(config: TrainConfig, dist) -> None:
+    """What a forward-only optimizer cannot combine with, each said in one line."""
+    name = config.optimizer
+    if config.fused_backward:
+        raise UserError(f"optimizer {name} is zeroth-order: it runs no backward pass, so there is "
+                        "nothing to fuse; drop --fused-backward")
+    if dist is not None and dist.parallel == "fsdp":
+        raise UserError(f"optimizer {name} is zeroth-order: it holds no gradient or state to shard; "
+                        "use --parallel ddp (each rank perturbs its full replica alike)")
+
+
+def _scheduler(config: TrainConfig, optimizer, zeroth_order: bool):
+    from transformers import (get_constant_schedule_with_warmup,
+                              get_cosine_with_min_lr_schedule_with_warmup)
+
+    warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10
+    constant = config.schedule == "constant" or (config.schedule == "auto" and zeroth_order)
+    if constant:
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, config.steps,
+                                                       min_lr_rate=config.min_lr_ratio)
 
 
 def _restore(run: Run, ckpt: Path, state: dict) -> None:

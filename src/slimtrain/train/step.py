@@ -75,6 +75,11 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
             run.scheduler.step()
         _advance(run)
         return None, None
+    # DDP and FSDP average the ranks' gradients: per rank, the sum over its tokens divided by the
+    # global count / world makes that average the global token mean
+    items = count if d is None else torch.tensor(count / world, device=run.device)
+    if getattr(run.optimizer, "zeroth_order", False):
+        return _zeroth_order_step(run, batches, items), run.optimizer.grad_norm
     total = torch.zeros((), device=run.device)
     module = run.train_module or run.model
     curvature = None
@@ -82,9 +87,6 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
         ids, labels = batches[0]
         curvature = sophia.estimate(run, module, ids.to(run.device), labels.to(run.device),
                                     _autocast(run))
-    # DDP and FSDP average the ranks' gradients: per rank, the sum over its tokens divided by the
-    # global count / world makes that average the global token mean
-    items = count if d is None else torch.tensor(count / world, device=run.device)
     for k, (ids, labels) in enumerate(batches):
         ids, labels = ids.to(run.device), labels.to(run.device)
         last = k == len(batches) - 1
@@ -113,6 +115,37 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     _advance(run)
     run.updating = False
     return total, grad_norm
+
+
+def _zeroth_order_step(run: Run, batches, items) -> torch.Tensor:
+    """The closure branch: ``optimizer.step(closure)`` with a closure that returns the step's
+    token-mean loss over all its micro-batches (and, on several ranks, over every rank: the ranks
+    reduce that one number, see the same loss and so take the same step). The optimizer calls it
+    under no_grad with the model in eval mode; nothing is kept for a backward pass."""
+    d = run.dist
+    world = 1 if d is None else d.world
+    batches = [(ids.to(run.device), labels.to(run.device)) for ids, labels in batches]
+
+    def closure():
+        total = torch.zeros((), device=run.device, dtype=torch.float64)
+        for ids, labels in batches:
+            with _autocast(run):
+                total += run.model(input_ids=ids, labels=labels, num_items_in_batch=items).loss.double()
+        if d is not None:
+            d.all_reduce_(total)
+        return total / world
+
+    _sync(run.device)
+    started = time.perf_counter()
+    run.updating = True
+    loss = run.optimizer.step(closure)
+    _sync(run.device)
+    run.optimizer_s += time.perf_counter() - started
+    run.scheduler.step()
+    _advance(run)
+    run.updating = False
+    # every rank holds the global loss; the loop sums the ranks' shares (as for gradient steps)
+    return loss.to(run.device, torch.float32) / world
 
 
 def _advance(run: Run) -> None:

@@ -9,6 +9,7 @@
 | ``adabelief`` | ``adabelief.py`` (RAdam rectification optional) | exp_avg, exp_avg_var |
 | ``adan`` | ``adan.py`` | exp_avg, exp_avg_diff, exp_avg_sq, previous_grad |
 | ``adam-mini`` | ``adam_mini.py`` (blocks: rows / heads / tensor) | exp_avg, one exp_avg_sq per block |
+| ``sgd`` | ``sgd.py`` (torch.optim.SGD's heavy ball; the ZO recipes) | momentum_buffer when momentum > 0 |
 | ``sgd-sai`` | ``sgd_sai.py`` | momentum_buffer, gsnr (one number) |
 | ``sophia`` | ``sophia.py`` (SophiaG; reads ``hessian_grads``) | exp_avg, hessian |
 | ``muon`` | ``muon.py`` (Newton–Schulz; matrices only) | momentum_buffer |
@@ -35,6 +36,7 @@ from .cosmos import CosmosRule
 from .lion import LionRule
 from .muon import MuonRule
 from .natural import NaturalRule
+from .sgd import SGDRule
 from .sgd_sai import SGDSaIRule
 from .sophia import SophiaRule
 
@@ -71,7 +73,7 @@ def unprojected_rule(name: str) -> str:
 
 
 for _rule in (ADAM, LionRule(), AdafactorRule(), NaturalRule(), AdaBeliefRule(), AdanRule(),
-              AdamMiniRule(), SGDSaIRule(), SophiaRule(), MuonRule(),
+              AdamMiniRule(), SGDRule(), SGDSaIRule(), SophiaRule(), MuonRule(),
               ColumnNormRule(), CosmosRule()):
     register_rule(_rule.name, _rule)
 
