@@ -53,13 +53,36 @@ def pieces(p: Tensor) -> Iterator[Tensor]:
         yield flat[start:start + PIECE]
 
 
-def noise(p: Tensor, name: str, seeds: list[int]) -> Iterator[tuple[Tensor, list[Tensor]]]:
-    """(piece of ``p``, [z of that piece for each seed]) over the whole of ``p``."""
+class Scratch:
+    """Reused piece buffers, one per query: drawing into them instead of into fresh tensors
+    spares a page-faulting 4 MiB allocation per piece (a pass over a 135M model took 2.5 s with
+    fresh tensors, 0.7 s of it drawing)."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, list[Tensor]] = {}
+
+    def get(self, device, dtype, count: int, numel: int) -> list[Tensor]:
+        key = (device, dtype)
+        have = self._buffers.setdefault(key, [])
+        while len(have) < count:
+            have.append(torch.empty(PIECE, device=device, dtype=dtype))
+        return [b[:numel] for b in have[:count]]
+
+
+def noise(p: Tensor, name: str, seeds: list[int], scratch: Scratch | None = None
+          ) -> Iterator[tuple[Tensor, list[Tensor]]]:
+    """(piece of ``p``, [z of that piece for each seed]) over the whole of ``p``; with
+    ``scratch`` the z are views of its buffers, overwritten at the next piece."""
     dtype = noise_dtype(p)
     generators = [torch.Generator(device=p.device).manual_seed(mix(s, name)) for s in seeds]
     for piece in pieces(p):
-        zs = [torch.randn(piece.numel(), generator=g, device=p.device, dtype=dtype)
-              for g in generators]
+        n = piece.numel()
+        if scratch is None:
+            zs = [torch.randn(n, generator=g, device=p.device, dtype=dtype) for g in generators]
+        else:
+            zs = scratch.get(p.device, dtype, len(seeds), n)
+            for z, g in zip(zs, generators):
+                torch.randn(n, generator=g, out=z)
         yield piece, zs
 
 
