@@ -2,6 +2,8 @@
 
 import math
 
+from slimtrain.bench.sweep import Protocol
+
 MIB = 2**20
 
 
@@ -34,3 +36,14 @@ def method(name, ppls, best_lr, seed_ppl, **kw):
 def skipped(name, reason, **kw):
     return dict(method=name, name=name, label=f"label of {name}", kind=kw.get("kind", "peer"), group=name,
                 reference_of=kw.get("reference_of"), center=1e-2, status="skipped", error=reason)
+
+
+def walked(name, loss, center=1e-2, trials=10, seeds=(0, 1, 2), **kw):
+    """The records of a method whose trial (lr, seed) ends at validation loss ``loss(lr, seed)``,
+    run in the order the protocol asks for them."""
+    rules, results, records = Protocol(trials, tuple(seeds)), {}, []
+    while (step := rules.next_trial(results, center)) is not None:
+        results[(step.lr, step.seed)] = loss(step.lr, step.seed)
+        records.append(trial(name, step.lr, step.seed, math.exp(results[(step.lr, step.seed)]),
+                             stage=step.stage, center=center, **kw))
+    return records

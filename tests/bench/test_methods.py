@@ -52,6 +52,10 @@ def test_a_missing_package_is_a_skip_not_an_error(monkeypatch):
 def test_sweeps_start_at_the_authors_lr_on_the_ladder():
     entries = resolve(settings("adamw", "galore-adamw", "apollo-mini:lr=0.03", "frugal", "torch-adamw"))
     assert [e.center for e in entries] == [2e-3, 1e-2, 2e-2, 1e-3, 2e-3]
+    # the papers' lrs (--gpu-protocol): the AdamW family back at 1e-3; an lr= given still wins
+    entries = resolve(settings("adamw", "galore-adamw", "apollo-mini:lr=0.03", "torch-adamw",
+                               "adamw:lr=0.005", centers="papers"))
+    assert [e.center for e in entries] == [1e-3, 1e-2, 2e-2, 1e-3, 5e-3]
 
 
 def test_recipes_pair_with_their_reference_by_options():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimtrain.bench.cli import DEFAULT_METHODS, SEED_METHODS, expand_methods
+from slimtrain.bench.cli import DEFAULT_METHODS, GPU_PROTOCOL, SEED_METHODS, bench_settings, expand_methods
 from slimtrain.bench.spec import BenchSettings, MethodSpec, parse_method
 from slimtrain.errors import UserError
 
@@ -32,6 +32,7 @@ def test_malformed_specs_are_user_errors(text):
     (dict(precision="fp16"), "--precision"),
     (dict(rank=0), "--rank"),
     (dict(weight_decay=-1.0), "--weight-decay"),
+    (dict(centers="authors"), "--centers must be bench or papers"),
 ])
 def test_bad_settings_are_user_errors(change, message):
     values = dict(methods=["adamw"], tokens=10_000, seq_len=64, batch_size=8)
@@ -67,3 +68,35 @@ def test_method_keywords_expand():
     assert expand_methods("slimtrain,adamw") == optim.available()  # no duplicates
     assert set(expand_methods("peers")) == set(available()) - set(optim.available())
     assert expand_methods("adamw, apollo-mini:rest=adafactor") == ["adamw", "apollo-mini:rest=adafactor"]
+
+
+def test_the_defaults_bracket_and_repeat_three_seeds():
+    s = BenchSettings(methods=["adamw"])
+    assert s.trials == 10 and s.seeds == [0, 1, 2] and s.centers == "bench"
+
+
+def test_the_gpu_protocol_is_the_papers_setting_under_the_same_rules(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    s = bench_settings({}, gpu_protocol=True)
+    assert (s.model, s.seq_len, s.precision, s.centers) == ("60m", 256, "bf16", "papers")
+    assert (s.trials, s.seeds) == (BenchSettings(methods=["x"]).trials, [0, 1, 2])  # the CPU defaults' rules
+    assert s.steps == 192 and s.methods == ["adamw", "apollo-mini", "apollo-torch-mini"]
+    assert bench_settings(dict(tokens=786_432, methods="adamw"), gpu_protocol=True).steps == 96  # flags win
+    # The budget's arithmetic (cli.py): at the assumed 100k tokens/s per trial and ~15 s around each,
+    # a method's most trials, one after another, plus a first run's ~90 s of tokenizer and cache fit
+    # in 10 minutes. Raising --tokens or --trials in the preset must redo the estimate.
+    most = s.trials + len(s.seeds) - 1
+    assert most * (s.tokens / 100_000 + 15) + 90 <= 600
+    assert len(s.methods) <= GPU_PROTOCOL["jobs"]  # every method's worker side by side
+
+
+def test_the_gpu_protocol_needs_a_gpu_and_is_one_preset(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--gpu-protocol needs a CUDA GPU"):
+        bench_settings({}, gpu_protocol=True)
+    with pytest.raises(UserError, match="two presets"):
+        bench_settings({}, quick=True, gpu_protocol=True)

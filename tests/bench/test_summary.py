@@ -6,7 +6,7 @@ import pytest
 from slimtrain.bench.report import render, results_table, sweep_table, targets
 from slimtrain.bench.summary import adamw_row, compare, reference_pairs, summarize
 
-from .records import MIB, method, skipped, trial
+from .records import MIB, method, skipped, trial, walked
 
 ADAMW_STATE = 14 * MIB
 
@@ -29,9 +29,14 @@ def bench_records():
 def test_rows_take_the_best_lr_of_the_sweep_and_the_seeds_at_it():
     rows = {r.method: r for r in summarize(bench_records())}
     g = rows["galore-adamw"]
-    assert g.lr == 1e-2 and g.ppl == {0: 140.0, 1: 141.0} and g.sweep[2e-2] == "diverged"
+    assert g.lr == 1e-2 and g.ppl == {0: 140.0, 1: 141.0} and g.sweep[(2e-2, 0)] == "diverged"
     assert g.ppl_mean == pytest.approx(140.5) and g.spread == pytest.approx(1.0) and not g.edge
-    assert rows["apollo-mini:rest=adafactor"].edge  # best at the top of its range
+    assert g.outcome.ended == "bracketed" and g.outcome.used == 3  # the seed-1 check is not counted
+    # Best at the top of the lrs tried (0.02 > 0.01 > 0.005), its neighbour 0.05 never tried, and
+    # its seeds (119, 122) differ by more than its lead over 0.01 (121): noisy, and these records
+    # (of the old three-trial walk) stop before the reruns the protocol asks for — an edge.
+    apollo = rows["apollo-mini:rest=adafactor"].outcome
+    assert apollo.edge and apollo.ended == "budget" and apollo.noisy
     assert rows["frugal"].status == "diverged" and rows["frugal"].note == "it diverged"
     assert rows["bnb-adamw8bit"].status == "skipped" and "not installed" in rows["bnb-adamw8bit"].note
     assert list(rows) == ["adamw", "torch-adamw", "galore-adamw", "galore-torch-adamw",
@@ -73,7 +78,8 @@ def test_the_table_says_when_adamw_wins():
     assert "| frugal (label of frugal) | diverged: it diverged |" in table
     assert "skipped: bitsandbytes is not installed" in table
     apollo = next(line for line in table.splitlines() if line.startswith("| apollo-mini:rest=adafactor"))
-    assert "0.02 (edge)" in apollo and "within noise" in apollo
+    assert "0.02 (edge: budget)" in apollo and "within noise" in apollo
+    assert "| 120.50 ± 3.00 | 119.00 / 122.00 |" in apollo  # mean ± (max − min), then each seed
 
 
 def test_targets_are_judged_from_the_numbers():
@@ -102,19 +108,106 @@ def test_the_sweep_table_marks_the_chosen_lr():
     assert not any("bnb-adamw8bit" in line for line in lines)
 
 
-def test_the_report_names_its_command_and_machine():
+def test_the_report_names_its_command_machine_corpus_and_protocol():
     meta = dict(command="slimtrain bench --methods adamw", settings=dict(
         model="tiny", batch_size=16, seq_len=128, precision="fp32", weight_decay=0.0, eval_batches=8,
-        trials=3, seeds=[0, 1], threads=1, jobs=2), environment=dict(
+        trials=3, seeds=[0, 1], centers="bench", threads=1, jobs=2), environment=dict(
         versions={"torch": "2.13.0", "peft": "not installed"},
         machine=dict(cpu="a CPU", cores=2, memory_bytes=24 * 2**30, system="Linux", gpu=None)),
         load_average=dict(start=[1.0, 1.0, 1.0], end=[2.0, 2.0, 2.0]), wall_seconds=600.0, trials_run=2,
-        trials_reused=20, trial_seconds=1500.0, steps=293, params=1_840_000, data="the embedded corpus",
+        trials_reused=20, trial_seconds=1500.0, steps=293, params=1_840_000, data="corpus.jsonl",
+        corpus=dict(name="`corpus.jsonl` (text field `text`)", fingerprint="0123456789abcdef",
+                    fingerprint_of="the trainer's data fingerprint"),
         adamw_state_bytes=ADAMW_STATE)
     text = render(summarize(bench_records()), meta)
     assert "```\nslimtrain bench --methods adamw\n```" in text
     assert "a CPU, 2 cores, 24 GiB" in text and "torch 2.13.0" in text and "peft" not in text
     assert "600,064 training tokens per trial" in text
+    assert "data `corpus.jsonl` (text field `text`), fingerprint `0123456789abcdef` (the trainer's" in text
+    assert "budget of 3 trials" in text and "every seed (0, 1)" in text
     # what all trials cost is stated whichever invocation ran them
     assert "22 trials took 25.0 trial-minutes in all, 12 min at 2 at a time" in text
     assert "this invocation ran 2 in 10.0 min (20 reused from an earlier invocation)" in text
+
+
+def test_the_corpus_is_named_with_the_trainers_fingerprint(tmp_path):
+    import os
+
+    from slimtrain.bench.environment import corpus
+    from slimtrain.data import fingerprint
+
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "a document"}\n')
+    named = corpus(str(data), "body")
+    assert named["fingerprint"] == fingerprint(data) and "text field `body`" in named["name"]
+    data.write_text('{"text": "another document"}\n')
+    os.utime(data, ns=(1, 1))
+    assert corpus(str(data), "body")["fingerprint"] != named["fingerprint"]  # other data, other key
+
+
+def test_a_report_of_before_the_fingerprint_still_renders():
+    meta_without = dict(command="c", settings=dict(
+        model="tiny", batch_size=16, seq_len=128, precision="fp32", weight_decay=0.0, eval_batches=8,
+        trials=3, seeds=[0, 1], threads=1, jobs=1), environment=dict(versions={}, machine=dict(
+            cpu="a CPU", cores=2, system="Linux")), wall_seconds=1.0, trials_run=1, trials_reused=0,
+        trial_seconds=1.0, steps=1, params=1, data="the embedded corpus", adamw_state_bytes=ADAMW_STATE)
+    assert "the embedded corpus;" in render(summarize(bench_records()), meta_without)
+
+
+def tilted(best, tilt):
+    """An optimum at ``best``; seed 0 favours larger lrs by ``tilt`` per decade, seed 1 smaller."""
+    import math
+
+    def loss(lr, seed):
+        x = math.log10(lr / best)
+        return 4.0 + 0.1 * x * x + {0: -tilt, 1: tilt}.get(seed, 0.0) * x
+    return loss
+
+
+def test_a_noisy_method_is_chosen_on_the_two_seed_mean_and_the_table_says_so():
+    import math
+
+    quiet = lambda lr, seed: 4.5 + math.log10(lr / 2e-3) ** 2 + 0.001 * seed  # noqa: E731
+    records = walked("apollo-mini", tilted(5e-3, 0.1)) + walked("adamw", quiet, center=2e-3, state_mib=14.0)
+    rows = {r.method: r for r in summarize(records, seeds=[0, 1, 2])}
+    apollo = rows["apollo-mini"]
+    # the same choice as the walk's: seed 0 alone would take 0.02
+    assert apollo.lr == 5e-3 and apollo.outcome.noisy and not apollo.edge
+    assert set(apollo.ppl) == {0, 1, 2} and apollo.outcome.used == 9
+    line = next(x for x in sweep_table(list(rows.values()), trials=10) if x.startswith("| apollo-mini "))
+    assert "| 0.01 | 9 / 10 | bracketed | mean of seeds 0, 1 (noisy) |" in line
+    assert "**lr 0.005 · seed 1:" in line and "lr 0.02: " in line  # the seed-1 reruns are named
+    quiet = next(x for x in sweep_table(list(rows.values()), trials=10) if x.startswith("| adamw "))
+    assert "| bracketed | seed 0 |" in quiet
+    assert summarize(records) == summarize(records, seeds=[0, 1, 2])  # seeds read from the records
+
+
+def test_the_edge_flag_disappears_once_the_walk_brackets_the_best():
+    import math
+
+    loss = lambda lr, seed: 4.0 + math.log10(lr / 5e-2) ** 2  # noqa: E731
+    full = walked("galore-adamw", loss)
+    assert [(r["lr"], r["seed"]) for r in full][:4] == [(1e-2, 0), (2e-2, 0), (5e-2, 0), (1e-1, 0)]
+    cut = full[:3] + [trial("galore-adamw", 5e-2, 1, math.exp(loss(5e-2, 1)), stage="seed")]
+    (row,) = summarize(cut)  # as the old three-trial walk ended: best at the top rung tried
+    assert row.edge and "| 0.05 (edge: budget) |" in results_table([row], ADAMW_STATE)[2]
+    (row,) = summarize(full)
+    assert row.lr == 5e-2 and not row.edge and row.outcome.ended == "bracketed"
+    assert "| 0.05 |" in results_table([row], ADAMW_STATE)[2]
+
+
+def test_within_noise_means_the_seed_ranges_overlap():
+    def row(name, ppls, **kw):
+        records = [trial(name, 1e-2, seed, p, stage="sweep" if seed == 0 else "seed", **kw)
+                   for seed, p in enumerate(ppls)]
+        (r,) = summarize(records)
+        return r
+
+    base = row("adamw", [105.0, 110.0, 110.0])
+    # means 101.7 and 108.3 differ by more than either spread (5), but the ranges meet at 105
+    assert compare(row("a", [100.0, 100.0, 105.0]), base).verdict == "within noise"
+    # means 104.6 and 108.3 differ by less than the larger spread (5), but the ranges do not meet
+    apart = row("b", [104.0, 104.9, 104.9])
+    assert compare(apart, base).verdict == "better" and compare(base, apart).verdict == "worse"
+    table = "\n".join(results_table([base, apart], ADAMW_STATE))
+    assert "better than AdamW" in table and "within noise" not in table

@@ -33,6 +33,7 @@ def benchmark(settings: BenchSettings, out: Path, console: Console | None = None
     out.mkdir(parents=True, exist_ok=True)
     # What ran: taken at the start, before anything (the docs of a source checkout, say) changes.
     versions, load_start, started = environment.versions(), environment.load_average(), time.perf_counter()
+    corpus = environment.corpus(settings.data, settings.text_field)
     records = run_bench(settings, out, console)
     ran = [r for r in records if r["status"] != "skipped"]
     meta: dict[str, Any] = dict(
@@ -42,6 +43,6 @@ def benchmark(settings: BenchSettings, out: Path, console: Console | None = None
         wall_seconds=round(time.perf_counter() - started, 1),
         trials_run=sum(not r["reused"] for r in ran), trials_reused=sum(r["reused"] for r in ran),
         steps=settings.steps, params=next((r["params"] for r in ran if "params" in r), 0),
-        data=settings.data or "the embedded corpus (Python standard library sources)",
+        data=settings.data or "the embedded corpus (Python standard library sources)", corpus=corpus,
         adamw_state_bytes=adamw_state_bytes(settings.model))
     return write(out, records, meta)

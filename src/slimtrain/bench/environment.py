@@ -63,3 +63,19 @@ def machine() -> dict[str, Any]:
 
 def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def corpus(data: str | None, text_field: str) -> dict[str, str]:
+    """The corpus a benchmark trains on: its name and the fingerprint the trainer keys its token
+    cache, tokenizer and checkpoints by (``train.setup``), so a report names exactly the data its
+    trials read: for ``--data``, ``data.fingerprint`` (the path, size and modification time of each
+    file); for the embedded corpus, the sha256 of its text."""
+    from ..data import default_corpus, fingerprint
+
+    if data is None:
+        embedded = default_corpus()
+        return dict(name=f"the embedded corpus: {embedded.provenance}", fingerprint=embedded.sha256[:16],
+                    fingerprint_of="the sha256 of its text")
+    return dict(name=f"`{data}` (text field `{text_field}`)", fingerprint=fingerprint(Path(data)),
+                fingerprint_of="the trainer's data fingerprint: the path, size and modification time of "
+                               "each file")

@@ -5,7 +5,9 @@ Each method has a *centre* learning rate, the middle of its sweep: the lr its au
 for the GaLore papers' LLaMA runs (1e-2 for the projected family). For AdamW and the AdamW-like
 peers the centre is 2e-3 rather than torch's default 1e-3, because models this small take larger
 steps (see benchmarks/README.md: with the centre at 1e-3 AdamW's best trial sat at the top of its
-range).
+range). With ``--centers papers`` (the GPU protocol, on the papers' model sizes) every method starts
+at its paper's lr instead (``paper_lr``): AdamW and the AdamW-like packages at 1e-3, the GaLore
+papers' LLaMA-60M AdamW lr.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .spec import MethodSpec
 Build = Callable[[torch.nn.Module, float, float, int, dict[str, Any]], torch.optim.Optimizer]
 
 ADAMW_CENTER_LR = 2e-3
+ADAMW_PAPER_LR = 1e-3  # the GaLore/APOLLO papers' AdamW on LLaMA-60M … 1B
 # Recipes whose sweep centre is not their signature's default lr: the AdamW family.
 _CENTER_LR = {"adamw": ADAMW_CENTER_LR, "adamw8bit": ADAMW_CENTER_LR, "adamw4bit": ADAMW_CENTER_LR}
 
@@ -43,6 +46,7 @@ class Method:
     reference_of: str | None = None  # the recipe (spec) this package is the reference implementation of
     module: str | None = None        # the package it needs (import name) and how to install it
     pip: str | None = None
+    paper_lr: float | None = None    # its paper's lr where the centre differs from it (None: the same)
 
     def unavailable(self) -> str | None:
         """Why this method cannot run here (its package is not installed), or None."""
@@ -56,7 +60,8 @@ def _recipe_method(name: str) -> Method:
     rank = recipe.default("rank")
     return Method(name=name, label=f"slimtrain {name}", kind="slimtrain",
                   center_lr=_CENTER_LR.get(name, recipe.default("lr", ADAMW_CENTER_LR)),
-                  summary=recipe.summary, default_rank=rank if isinstance(rank, int) else None)
+                  summary=recipe.summary, default_rank=rank if isinstance(rank, int) else None,
+                  paper_lr=recipe.default("lr", ADAMW_PAPER_LR))
 
 
 def _registry() -> dict[str, Method]:
@@ -105,8 +110,10 @@ def accepts(method: Method, key: str) -> bool:
     return key in method.options
 
 
-def center_lr(spec: MethodSpec, method: Method) -> float:
-    lr = spec.option_dict().get("lr", method.center_lr)
+def center_lr(spec: MethodSpec, method: Method, centers: str = "bench") -> float:
+    """The centre of the method's sweep: ``lr=`` in its spec, else its ``--centers`` lr."""
+    default = method.paper_lr if centers == "papers" and method.paper_lr is not None else method.center_lr
+    lr = spec.option_dict().get("lr", default)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool):
         raise UserError(f"--methods {spec.text}: lr must be a number, got {lr!r}")
     return float(lr)

@@ -29,8 +29,8 @@ def render_dir(out: Path) -> Path:
     meta = json.loads((out / META_FILE).read_text())
     # what all trials cost, whichever invocation ran them (reused trials keep their wall time)
     meta["trial_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in records), 1)
-    rows = summarize(records)
     s = meta["settings"]
+    rows = summarize(records, s["seeds"])
     title = (f"{s['model']} · {meta['steps'] * s['batch_size'] * s['seq_len']:,} tokens per trial · "
              f"{meta['data']}")
     plots.draw_all(rows, out, meta["adamw_state_bytes"], title)

@@ -18,7 +18,7 @@ import torch
 
 from ..optim import AdamW
 from ..optim.targets import build_param_groups
-from .methods import ADAMW_CENTER_LR, Method
+from .methods import ADAMW_CENTER_LR, ADAMW_PAPER_LR, Method
 
 PROJECTION_OPTIONS = frozenset({"rank", "refresh_every", "scale"})
 
@@ -331,7 +331,7 @@ PEERS = [
            summary="AdamW with a projected recipe's per-group lrs: lr for embeddings/head/norms, "
                    "matrix_lr_ratio·lr (0.25) for the attention/MLP matrices"),
     _peer("torch-adamw", "torch.optim.AdamW (fused)", _torch_adamw, reference_of="adamw",
-          center=ADAMW_CENTER_LR, summary="torch.optim.AdamW, fused kernel"),
+          center=ADAMW_CENTER_LR, paper_lr=ADAMW_PAPER_LR, summary="torch.optim.AdamW, fused kernel"),
     _peer("galore-torch-adamw", "galore-torch GaLoreAdamW", _galore_torch_adamw, reference_of="galore-adamw",
           module="galore_torch", pip="galore-torch", rank=128, options=PROJECTION_OPTIONS,
           summary="the GaLore authors' package"),
@@ -353,11 +353,13 @@ PEERS = [
           module="apollo_torch", pip="apollo-torch", rank=1, options=PROJECTION_OPTIONS,
           summary="the APOLLO authors' package, rank 1, tensor-wise scaling, scale 128"),
     _peer("torchao-adamw8bit", "torchao AdamW8bit", _torchao(8), reference_of="adamw8bit", module="torchao",
-          pip="torchao", center=ADAMW_CENTER_LR, summary="torchao's block-wise 8-bit AdamW"),
+          pip="torchao", center=ADAMW_CENTER_LR, paper_lr=ADAMW_PAPER_LR,
+          summary="torchao's block-wise 8-bit AdamW"),
     _peer("torchao-adamw4bit", "torchao AdamW4bit", _torchao(4), reference_of="adamw4bit", module="torchao",
-          pip="torchao", center=ADAMW_CENTER_LR, summary="torchao's block-wise 4-bit AdamW"),
+          pip="torchao", center=ADAMW_CENTER_LR, paper_lr=ADAMW_PAPER_LR,
+          summary="torchao's block-wise 4-bit AdamW"),
     _peer("bnb-adamw8bit", "bitsandbytes AdamW8bit", _bnb_adamw8bit, reference_of="adamw8bit",
-          module="bitsandbytes", pip="bitsandbytes", center=ADAMW_CENTER_LR,
+          module="bitsandbytes", pip="bitsandbytes", center=ADAMW_CENTER_LR, paper_lr=ADAMW_PAPER_LR,
           summary="bitsandbytes' 8-bit AdamW"),
     # the seeds' optimizers next to their packages (each at the recipe's own default lr)
     _peer("lion-pytorch", "lion-pytorch Lion", _plain(_lion), reference_of="lion",

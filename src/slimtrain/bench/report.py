@@ -31,6 +31,13 @@ def _ppl(row: Row) -> str:
     return f"{row.ppl_mean:.2f}" if row.ppl else "–"
 
 
+def _ppl_spread(row: Row) -> str:
+    """mean ± spread (max − min over the seeds); one seed has no spread to show."""
+    if not row.ppl:
+        return "–"
+    return f"{_ppl(row)} ± {row.spread:.2f}" if len(row.ppl) > 1 else f"{_ppl(row)} (1 seed)"
+
+
 def _seeds(row: Row) -> str:
     return " / ".join(f"{row.ppl[s]:.2f}" for s in sorted(row.ppl))
 
@@ -38,7 +45,7 @@ def _seeds(row: Row) -> str:
 def _lr(row: Row) -> str:
     if row.lr is None:
         return "–"
-    return f"{row.lr:g}{' (edge)' if row.edge else ''}"
+    return f"{row.lr:g}{f' (edge: {row.outcome.ended})' if row.edge else ''}"
 
 
 def _pct(x: float) -> str:
@@ -59,8 +66,9 @@ def _vs_adamw(row: Row, base: Row | None) -> str:
 def results_table(rows: list[Row], adamw_state: int) -> list[str]:
     base = adamw_row(rows)
     speed = next((r for r in rows if r.ok and r.name == "adamw"), None)
-    lines = ["| method | lr (edge: the best trial was the smallest or largest lr tried) | val ppl (mean) "
-             "| per seed | vs AdamW | optimizer state MiB | × AdamW | peak RSS MiB | tokens/s | × AdamW "
+    lines = ["| method | lr (edge: the walk reached the ladder's end, or spent its budget, before a worse "
+             "lr on each side) | val ppl mean ± spread (max − min over seeds) | per seed | vs AdamW "
+             "| optimizer state MiB | × AdamW | peak RSS MiB | tokens/s | × AdamW "
              "| optimizer ms/step | × AdamW | wall s/trial |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -68,7 +76,7 @@ def results_table(rows: list[Row], adamw_state: int) -> list[str]:
             lines.append(f"| {r.method} ({r.label}) | {r.status}: {r.note} |" + " |" * 11)
             continue
         lines.append(
-            f"| {r.method} ({r.label}) | {_lr(r)} | {_ppl(r)} | {_seeds(r)} | {_vs_adamw(r, base)} "
+            f"| {r.method} ({r.label}) | {_lr(r)} | {_ppl_spread(r)} | {_seeds(r)} | {_vs_adamw(r, base)} "
             f"| {_mib(r.state_bytes)} | {_ratio(r.state_bytes, adamw_state, 3)} | {_mib(r.peak_bytes)} "
             f"| {r.tokens_per_s:,.0f} | {_ratio(r.tokens_per_s, speed.tokens_per_s if speed else None)} "
             f"| {r.step_ms:.2f} | {_ratio(r.step_ms, speed.step_ms if speed else None)} | {r.wall_s:.0f} |")
@@ -83,7 +91,8 @@ def _mark(ok: bool) -> str:
 def targets(rows: list[Row], adamw_state: int) -> list[str]:
     lines = ["### Each recipe next to its reference implementation", "",
              "Target: perplexity within noise (or better), optimizer state ≤ and tokens/s ≥ the "
-             "reference's. Noise = the larger of the two methods' seed spreads (max − min over seeds).", "",
+             "reference's. Within noise = the two methods' seed ranges (min … max over seeds) overlap; "
+             "the noise column is the larger of their spreads (max − min), relative.", "",
              "| recipe | reference | val ppl ours / ref | Δ ppl | noise | ppl | state MiB ours / ref | ≤ "
              "| tokens/s ours / ref | ≥ | optimizer ms/step ours / ref |",
              "|---|---|---|---:|---:|---|---|---|---|---|---|"]
@@ -118,20 +127,35 @@ def targets(rows: list[Row], adamw_state: int) -> list[str]:
     return lines
 
 
-def sweep_table(rows: list[Row]) -> list[str]:
-    """Each method's trials in the order the sweep walked, the chosen one in bold."""
+def _seed_cell(row: Row, lr: float, seed: int, value) -> str:
+    at = f"lr {lr:g}" if seed == next(iter(row.sweep))[1] else f"lr {lr:g} · seed {seed}"
+    text = f"{at}: {value:.2f}" if isinstance(value, float) else f"{at}: {value}"
+    return f"**{text}**" if lr == row.lr else text
+
+
+def _chosen_on(row: Row) -> str:
+    if row.outcome is None or row.lr is None:
+        return "–"
+    seeds = list(dict.fromkeys(seed for _, seed in row.sweep))
+    return f"mean of seeds {seeds[0]}, {seeds[1]} (noisy)" if row.outcome.noisy else f"seed {seeds[0]}"
+
+
+def sweep_table(rows: list[Row], trials: int | None = None) -> list[str]:
+    """Each method's tuning trials (the first two seeds) in the order the protocol ran them, the
+    chosen lr in bold; how many of its budget it used, how the walk ended and what chose the lr."""
     width = max((len(r.sweep) for r in rows), default=0)
-    lines = ["| method | centre | " + " | ".join(f"trial {i + 1}" for i in range(width)) + " |",
-             "|---|---:|" + "---|" * width]
+    lines = ["| method | centre | trials used / max | ended | chosen on | "
+             + " | ".join(f"trial {i + 1}" for i in range(width)) + " |",
+             "|---|---:|---:|---|---|" + "---|" * width]
     for r in rows:
         if r.status == "skipped":
             continue
-        cells = []
-        for lr, value in r.sweep.items():
-            text = f"lr {lr:g}: {value:.2f}" if isinstance(value, float) else f"lr {lr:g}: {value}"
-            cells.append(f"**{text}**" if lr == r.lr else text)
+        cells = [_seed_cell(r, lr, seed, value) for (lr, seed), value in r.sweep.items()]
         cells += [""] * (width - len(cells))
-        lines.append(f"| {r.method} | {r.center:g} | " + " | ".join(cells) + " |")
+        used = f"{r.outcome.used} / {trials if trials else '?'}" if r.outcome else "–"
+        ended = r.outcome.ended if r.outcome else "–"
+        lines.append(f"| {r.method} | {r.center:g} | {used} | {ended} | {_chosen_on(r)} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 
@@ -144,6 +168,38 @@ def memory_table(rows: list[Row]) -> list[str]:
             lines.append(f"| {r.method} | {_mib(r.weight_bytes)} | {_mib(r.gradient_bytes)} | "
                          f"{_mib(r.state_bytes)} | {_mib(total)} | {_mib(r.peak_bytes)} |")
     return lines
+
+
+CENTRES = {"bench": "its authors' lr; 2e-3 for AdamW and the AdamW-like packages, as models this "
+                    "small take larger steps",
+           "papers": "the lr of its paper's LLaMA runs (AdamW and the AdamW-like packages 1e-3)"}
+
+
+def _corpus(meta: dict[str, Any]) -> str:
+    """The corpus and its fingerprint (``bench.json`` of before the fingerprint: its name only)."""
+    c = meta.get("corpus")
+    if not c:
+        return meta["data"]
+    return f"data {c['name']}, fingerprint `{c['fingerprint']}` ({c['fingerprint_of']})"
+
+
+def _tuning(s: dict[str, Any]) -> str:
+    seeds = s["seeds"]
+    centre = CENTRES[s.get("centers", "bench")]
+    walk = (f"- **Tuning** (the same rules and budget for every method; `slimtrain/bench/sweep.py`): "
+            f"a walk on the ladder 1, 2, 5 × 10ᵏ at seed {seeds[0]} from the method's centre ({centre}), "
+            f"each next trial an untried neighbour of the best so far, until a worse (or diverged) "
+            f"neighbour was tried on each side of the best, the ladder ended, or the method's budget of "
+            f"{s['trials']} trials was spent.")
+    if len(seeds) == 1:
+        return (walk + " One seed: no noise check, no repeat. Same data order and initial weights for "
+                       "every method.")
+    return (walk + f" Then the best again at seed {seeds[1]}: where the two seeds differ by more than "
+            f"the best's gap to a neighbour (validation loss), the choice is the seed's, not the lr's, "
+            f"so the neighbours are rerun at seed {seeds[1]} and the walk goes on with two-seed means "
+            f"(\"noisy\"). The chosen lr then runs at every seed ({', '.join(map(str, seeds))}); that "
+            f"first rerun at seed {seeds[1]} and the later seeds are not counted in the budget. Same data "
+            f"order and initial weights for every method at a given seed.")
 
 
 def render(rows: list[Row], meta: dict[str, Any]) -> str:
@@ -162,18 +218,14 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         "# Side-by-side benchmark", "",
         "Produced by this command (every figure below comes from it):", "", "```", meta["command"], "```", "",
         f"- **Work**: model `{s['model']}` ({meta['params'] / 1e6:.2f}M parameters), "
-        f"{meta['data']}; {meta['steps']} steps × {s['batch_size']} × {s['seq_len']} tokens = "
+        f"{_corpus(meta)}; {meta['steps']} steps × {s['batch_size']} × {s['seq_len']} tokens = "
         f"{meta['steps'] * s['batch_size'] * s['seq_len']:,} training tokens per trial, {s['precision']}, "
         f"warmup 10% then cosine to 10%, weight decay {s['weight_decay']:g} for every method; projection "
         f"rank {s.get('rank') or 'each method’s own, capped at hidden/4'} and subspace refresh every "
         f"{s.get('refresh_every') or 'method’s own number of'} steps for slimtrain's recipes and the "
         f"packages alike; validation perplexity on the same {s['eval_batches'] * s['batch_size']} held-out "
         f"blocks of {s['seq_len']} tokens at the end.",
-        f"- **Tuning**: {s['trials']} learning rates per method at seed {s['seeds'][0]}: a walk on the "
-        f"ladder 1, 2, 5 × 10ᵏ from the method's centre (its authors' lr), each next trial the untried "
-        f"rung nearest the best so far; then the best lr again with seed(s) "
-        f"{', '.join(map(str, s['seeds'][1:])) or '–'}. Same data order and initial weights for every "
-        f"method at a given seed.",
+        _tuning(s),
         f"- **Machine**: {m['cpu']}, {m['cores']} cores{memory}, {m['system']}"
         f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; {s['threads']} thread(s) per trial, "
         f"{s['jobs']} trial(s) at a time; load average {load.get('start')} at the start, "
@@ -181,7 +233,9 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         f"{minutes:.1f} min{reused}.",
         f"- **Versions**: {versions}.", "",
         "## Results", "",
-        "Validation perplexity at each method's best lr (mean over seeds); optimizer state = bytes of "
+        "Validation perplexity at each method's chosen lr (mean ± spread over the seeds, spread = max − "
+        "min; \"within noise\": the method's and AdamW's seed ranges overlap, so neither is shown to "
+        "be better); optimizer state = bytes of "
         "the tensors the optimizer keeps (low-bit codes and scales as stored, projectors included); "
         "× AdamW against AdamW's state for this model; peak RSS = the trial process's peak resident "
         "memory (Python, torch and the data included); tokens/s = training throughput (forward, "
@@ -190,9 +244,9 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         "over the method's trials, × slimtrain adamw's.", "",
         *results_table(rows, meta["adamw_state_bytes"]), "",
         "## Targets", "", *targets(rows, meta["adamw_state_bytes"]), "",
-        f"## Learning-rate sweep (validation perplexity at seed {s['seeds'][0]}, in the order tried; bold: "
-        "chosen)", "",
-        *sweep_table(rows), "",
+        "## Learning-rate sweep (validation perplexity of every trial that chose the lr, in the order "
+        f"run; seed {s['seeds'][0]} unless named; bold: the chosen lr)", "",
+        *sweep_table(rows, s["trials"]), "",
         "## Memory by part (tensor bytes of the chosen trial)", "", *memory_table(rows), "",
         "Plots: `loss_vs_tokens.png` (validation loss against training tokens, chosen lr, first seed), "
         "`memory_vs_ppl.png`, `memory_breakdown.png`; every trial is a line of `results.jsonl`.", "",

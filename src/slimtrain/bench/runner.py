@@ -1,6 +1,6 @@
-"""Running a benchmark: one worker process per method (``worker.py``: its learning-rate sweep at
-the first seed, then its best lr with the other seeds), ``jobs`` methods at a time; then one
-record per trial.
+"""Running a benchmark: one worker process per method (``worker.py``: the trials its protocol asks
+for — the learning-rate walk, the noise check, the chosen lr at every seed; ``sweep.py``), ``jobs``
+methods at a time; then one record per trial.
 
 Trials that finished in an earlier invocation with the same spec are reused, so an interrupted
 benchmark continues where it stopped and a method added to ``--methods`` costs only its own trials.
@@ -55,7 +55,7 @@ def resolve(settings: BenchSettings) -> list[Entry]:
     for spec in settings.specs():
         method = registry.get(spec.name)
         registry.check_options(spec, method)
-        center = snap(registry.center_lr(spec, method))
+        center = snap(registry.center_lr(spec, method, settings.centers))
         if method.build is None:
             _check_recipe(spec, settings)
         entries.append(Entry(spec, method, center, skipped=method.unavailable()))
@@ -145,13 +145,14 @@ def _launch(entry: Entry, settings: BenchSettings, out: Path) -> tuple[subproces
 def execute(entries: list[Entry], settings: BenchSettings, out: Path, console: Console) -> set[Path]:
     """Run the methods' workers, ``settings.jobs`` at a time, printing each trial as it finishes;
     returns the run directories of the trials that were reused."""
-    per_method = settings.trials + len(settings.seeds) - 1
+    per_method = settings.trials + len(settings.seeds) - 1  # the most a method runs (sweep.py)
     reused = {t.run_dir(out) for e in entries for t, r in e.trials(settings, out) if r is not None}
     # A recipe and its reference implementations next to each other in the queue: with two jobs they
     # run at the same time, so machine load hits their timings alike.
     groups = list(dict.fromkeys(registry.group(e.spec) for e in entries))
     ordered = sorted(entries, key=lambda e: groups.index(registry.group(e.spec)))
-    pending = deque(e for e in ordered if len([r for _, r in e.trials(settings, out) if r]) < per_method)
+    # A method is done when its protocol asks for nothing more: its list ends with a finished trial.
+    pending = deque(e for e in ordered if e.trials(settings, out)[-1][1] is None)
     if reused:
         console.print(f"reusing {len(reused)} finished trial(s) in {out}")
     total, reported = len(pending) * per_method, set(reused)
@@ -168,7 +169,7 @@ def execute(entries: list[Entry], settings: BenchSettings, out: Path, console: C
                 for trial, result in entry.trials(settings, out):
                     if result is not None and trial.run_dir(out) not in reported:
                         reported.add(trial.run_dir(out))
-                        _say(console, trial, result, f"{len(reported) - len(reused)}/~{total}")
+                        _say(console, trial, result, f"{len(reported) - len(reused)}/≤{total}")
                 if ended:
                     log.close()
                     del running[proc]
@@ -203,10 +204,9 @@ def run_bench(settings: BenchSettings, out: Path, console: Console) -> list[dict
         if e.skipped:
             console.print(f"skipping {e.spec.text}: {e.skipped}")
     runnable = [e for e in entries if not e.skipped]
-    others = settings.seeds[1:]
-    console.print(f"{len(runnable)} methods × a sweep of {settings.trials} learning rates "
-                  f"(seed {settings.seeds[0]}), "
-                  f"then each one's best lr with seed(s) {', '.join(map(str, others)) or '(none)'}: "
+    console.print(f"{len(runnable)} methods × at most {settings.trials} trials to choose an lr (a "
+                  f"bracketed walk at seed {settings.seeds[0]}, two-seed means where seed noise decides), "
+                  f"then the chosen lr at seed(s) {', '.join(map(str, settings.seeds))}: "
                   f"{settings.steps} steps of {settings.batch_size} × {settings.seq_len} tokens per trial; "
                   f"one process per method, {settings.jobs} at a time")
     reused = execute(runnable, settings, out, console)

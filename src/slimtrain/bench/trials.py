@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .spec import BenchSettings, MethodSpec
-from .sweep import best_lr, next_lr
+from .sweep import Protocol, Results
 
 SPEC_FILE = "spec.json"      # a trial's settings, written before it runs
 RESULT_FILE = "result.json"  # its outcome, written (whole) when it ends
@@ -25,7 +25,8 @@ class Trial:
     spec: MethodSpec
     lr: float
     seed: int
-    stage: str  # "sweep" (the first seed, the lrs of the sweep) or "seed" (the best lr, another seed)
+    stage: str  # "sweep" (the walk at the first seed), "noise" (its reruns at the second seed) or
+    #             "seed" (the chosen lr at another seed); see sweep.py
 
     def run_dir(self, out: Path) -> Path:
         return method_dir(out, self.spec) / f"lr-{self.lr:g}-seed-{self.seed}"
@@ -84,26 +85,23 @@ def final_loss(result: dict[str, Any]) -> float | None:
     return result["summary"]["val_loss"] if result["status"] == "ok" else None
 
 
+def protocol(settings: BenchSettings) -> Protocol:
+    return Protocol(settings.trials, tuple(settings.seeds))
+
+
 def method_trials(spec: MethodSpec, center: float, settings: BenchSettings,
                   result_of: Callable[[Trial], dict | None]) -> list[tuple[Trial, dict | None]]:
-    """A method's trials in order with their results: the sweep at the first seed (``sweep.py``),
-    then the best lr at each other seed. ``result_of`` runs a trial (the worker) or looks its
-    result up (the runner: None while it has not finished, which ends the list there)."""
-    first, others = settings.seeds[0], settings.seeds[1:]
+    """A method's trials in order with their results, as the protocol (``sweep.py``) asks for them
+    from the results so far. ``result_of`` runs a trial (the worker) or looks its result up (the
+    runner: None while it has not finished, which ends the list there)."""
+    rules = protocol(settings)
     known: list[tuple[Trial, dict | None]] = []
-    tried: dict[float, float | None] = {}
-    while (lr := next_lr(tried, center, settings.trials)) is not None:
-        trial = Trial(spec, lr, first, "sweep")
+    results: Results = {}
+    while (step := rules.next_trial(results, center)) is not None:
+        trial = Trial(spec, step.lr, step.seed, step.stage)
         result = result_of(trial)
         known.append((trial, result))
         if result is None:
             return known
-        tried[lr] = final_loss(result)
-    best = best_lr(tried)
-    for seed in others if best is not None else ():
-        trial = Trial(spec, best, seed, "seed")
-        result = result_of(trial)
-        known.append((trial, result))
-        if result is None:
-            return known
+        results[(step.lr, step.seed)] = final_loss(result)
     return known

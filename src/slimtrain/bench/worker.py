@@ -1,11 +1,12 @@
 """One method's trials in one process: ``python -m slimtrain.bench.worker METHOD_DIR``.
 
 Reads ``METHOD_DIR/job.json`` (written by the runner) and runs the method's trials
-(``trials.method_trials``): its learning-rate sweep at the first seed, then the best lr again with
-each other seed. Each trial trains with the trainer (``train.session.run`` — the loop
-of ``slimtrain pretrain``; other libraries' optimizers come in through its
-``optimizer_factory``) and leaves ``spec.json`` and ``result.json`` (status ok / diverged / failed,
-the run's summary, its validation curve) in its own directory. A process per method gives each
+(``trials.method_trials``) in the order its protocol asks for them (``sweep.py``): the learning-rate
+walk at the first seed, the noise check and reruns at the second, the chosen lr at every seed.
+Each trial trains with the trainer (``train.session.run`` — the loop of ``slimtrain pretrain``;
+other libraries' optimizers come in through its ``optimizer_factory``) and leaves ``spec.json``
+and ``result.json`` (status ok / diverged / failed, the run's summary, its validation curve) in its
+own directory. A process per method gives each
 method its own peak-RSS figure and keeps one library's crash from taking the benchmark down;
 trials that already finished with the same spec are reused. Checkpoints are deleted: a benchmark
 keeps numbers, not weights.

@@ -39,10 +39,10 @@ def export_gguf(gguf_path: Path, out: Path) -> Path:
     out = Path(out)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF through it)
-    except ImportError:
-        raise UserError("reading GGUF needs the gguf package: pip install gguf") from None
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it
+        raise UserError("reading GGUF needs the gguf package: pip install gguf")
     folder, name = str(Path(gguf_path).parent), Path(gguf_path).name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
