@@ -14,6 +14,10 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 # at a rounding boundary flips on a last-bit difference of its input (a 4-bit projector, 8-bit
 # moments), so they agree within the size of a code, measured here.
 QUANTIZED = {"q-galore": 5e-3}
+# The rest round differently in the sums over ranks and the QR of a gathered sketch; how much
+# depends on the CPU's kernels: up to 1.5e-5 on one machine kind, 4.0e-5 (fira, gradnorm-lorp) on a
+# Xeon with AVX-512 and AMX. A missing or doubled reduction is off by O(1).
+ROUNDING = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def test_the_same_gradients_give_the_one_process_result(ranks, single, name):
     if name in ("adamw", "adamw8bit"):
         assert error == 0.0
     else:
-        assert error <= QUANTIZED.get(name, 2e-5), error
+        assert error <= QUANTIZED.get(name, ROUNDING), error
 
 
 @pytest.mark.parametrize("name", list(w.RECIPES))

@@ -13,6 +13,10 @@ import slimtrain.optim as so
 
 from .data.make_format1 import CASES, grads, params
 
+# natural-galore's Fisher-inverse solve amplifies a last-bit difference of its first steps: on a
+# CPU kind other than the writer's (a Xeon with AVX-512 and AMX) its weights differ by up to 6.7e-6
+# of a tensor's largest entry (6e-4 relative on its smallest ones). Tolerance: 1e-4 of the largest.
+AMPLIFIED = {"natural-galore"}
 SAVED = torch.load(Path(__file__).with_name("data") / "format1.pt", weights_only=True)
 
 
@@ -47,5 +51,6 @@ def test_format_1_resumes_as_the_run_that_wrote_it(name):
         if exact:
             assert torch.equal(p, e), f"{name}: {n} differs from the run that wrote the state"
         else:
-            torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
+            atol = 1e-4 * e.abs().max().item() if name in AMPLIFIED else 1e-6
+            torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=atol, msg=f"{name}: {n}")
     assert opt.state_dict()["format_version"] == so.STATE_FORMAT == 2

@@ -42,7 +42,7 @@ def benchmark(settings: BenchSettings, out: Path, console: Console | None = None
         load_average=dict(start=load_start, end=environment.load_average()),
         wall_seconds=round(time.perf_counter() - started, 1),
         trials_run=sum(not r["reused"] for r in ran), trials_reused=sum(r["reused"] for r in ran),
-        steps=settings.steps, params=next((r["params"] for r in ran if "params" in r), 0),
+        steps=settings.steps, mode=settings.mode, params=next((r["params"] for r in ran if "params" in r), 0),
         data=settings.data or "the embedded corpus (Python standard library sources)", corpus=corpus,
         adamw_state_bytes=adamw_state_bytes(settings.model))
     return write(out, records, meta)

@@ -114,10 +114,13 @@ def bench_command(
         None, help="Comma-separated methods (see --list), each NAME or NAME:KEY=VALUE:… (e.g. "
         "apollo-mini:rest=adafactor; lr=X moves the centre of its sweep); keywords: default, family, seeds, matrix, "
         "slimtrain, peers, all. [default: default]"),
-    model: Optional[str] = typer.Option(None, help="Preset or local model directory. [default: tiny]"),
+    model: Optional[str] = typer.Option(None, help="Preset or local model directory; a directory with "
+                                        "weights is fine-tuned from them (as by finetune). [default: tiny]"),
     data: Optional[str] = typer.Option(None, help="Corpus (as for pretrain). Default: the embedded corpus."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer directory (as for pretrain)."),
     text_field: Optional[str] = typer.Option(None, help="JSONL field with the text. [default: text]"),
+    prompt_field: Optional[str] = typer.Option(None, help="JSONL field with a prompt masked out of the "
+                                               "loss (fine-tuning data, as for finetune)."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of documents held out for validation. "
                                                  "[default: 0.05]"),
     tokens: Optional[int] = typer.Option(None, help="Training tokens per trial. [default: 600000]"),
@@ -165,7 +168,7 @@ def bench_command(
             _list_methods()
             return
         given = dict(methods=methods, model=model, data=data, tokenizer=tokenizer, text_field=text_field,
-                     val_fraction=val_fraction, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                     prompt_field=prompt_field, val_fraction=val_fraction, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
                      precision=precision, trials=trials, seeds=seeds, centers=centers, rank=rank,
                      refresh_every=refresh_every, weight_decay=weight_decay, evals=evals,
                      eval_batches=eval_batches, threads=threads, jobs=jobs)

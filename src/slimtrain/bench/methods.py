@@ -110,9 +110,16 @@ def accepts(method: Method, key: str) -> bool:
     return key in method.options
 
 
-def center_lr(spec: MethodSpec, method: Method, centers: str = "bench") -> float:
-    """The centre of the method's sweep: ``lr=`` in its spec, else its ``--centers`` lr."""
+def center_lr(spec: MethodSpec, method: Method, centers: str = "bench", mode: str = "pretrain") -> float:
+    """The centre of the method's sweep: ``lr=`` in its spec, else its ``--centers`` lr; when
+    fine-tuning, what ``slimtrain finetune`` would use: the fine-tuning lr (3e-5), or a
+    zeroth-order recipe's own (MeZO's 1e-6)."""
     default = method.paper_lr if centers == "papers" and method.paper_lr is not None else method.center_lr
+    if mode == "finetune":
+        from ..train.config import FINETUNE_DEFAULTS
+
+        zeroth_order = method.build is None and optim.recipe(method.name).zeroth_order
+        default = optim.recipe(method.name).default("lr") if zeroth_order else FINETUNE_DEFAULTS["lr"]
     lr = spec.option_dict().get("lr", default)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool):
         raise UserError(f"--methods {spec.text}: lr must be a number, got {lr!r}")

@@ -183,6 +183,14 @@ def _corpus(meta: dict[str, Any]) -> str:
     return f"data {c['name']}, fingerprint `{c['fingerprint']}` ({c['fingerprint_of']})"
 
 
+def _mode(meta: dict[str, Any]) -> str:
+    if meta.get("mode") != "finetune":
+        return ""
+    prompt = meta["settings"].get("prompt_field")
+    return (", fine-tuned from its weights as by `slimtrain finetune`"
+            + (f"; the `{prompt}` field is a prompt masked out of the loss" if prompt else ""))
+
+
 def _tuning(s: dict[str, Any]) -> str:
     seeds = s["seeds"]
     centre = CENTRES[s.get("centers", "bench")]
@@ -217,10 +225,10 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
     lines = [
         "# Side-by-side benchmark", "",
         "Produced by this command (every figure below comes from it):", "", "```", meta["command"], "```", "",
-        f"- **Work**: model `{s['model']}` ({meta['params'] / 1e6:.2f}M parameters), "
+        f"- **Work**: model `{s['model']}` ({meta['params'] / 1e6:.2f}M parameters{_mode(meta)}), "
         f"{_corpus(meta)}; {meta['steps']} steps × {s['batch_size']} × {s['seq_len']} tokens = "
         f"{meta['steps'] * s['batch_size'] * s['seq_len']:,} training tokens per trial, {s['precision']}, "
-        f"warmup 10% then cosine to 10%, weight decay {s['weight_decay']:g} for every method; projection "
+        f"warmup 10% then cosine to 10% (zeroth-order recipes: constant, no warmup, as MeZO's), weight decay {s['weight_decay']:g} for every method; projection "
         f"rank {s.get('rank') or 'each method’s own, capped at hidden/4'} and subspace refresh every "
         f"{s.get('refresh_every') or 'method’s own number of'} steps for slimtrain's recipes and the "
         f"packages alike; validation perplexity on the same {s['eval_batches'] * s['batch_size']} held-out "

@@ -55,7 +55,7 @@ def resolve(settings: BenchSettings) -> list[Entry]:
     for spec in settings.specs():
         method = registry.get(spec.name)
         registry.check_options(spec, method)
-        center = snap(registry.center_lr(spec, method, settings.centers))
+        center = snap(registry.center_lr(spec, method, settings.centers, settings.mode))
         if method.build is None:
             _check_recipe(spec, settings)
         entries.append(Entry(spec, method, center, skipped=method.unavailable()))

@@ -65,6 +65,7 @@ class BenchSettings:
     data: str | None = None
     tokenizer: str | None = None
     text_field: str = "text"
+    prompt_field: str | None = None  # fine-tuning data: a prompt masked out of the loss
     val_fraction: float = 0.05
     tokens: int = 600_000
     seq_len: int = 128
@@ -121,6 +122,17 @@ class BenchSettings:
     def eval_every(self) -> int:
         return max(1, math.ceil(self.steps / self.evals))
 
+    @property
+    def mode(self) -> str:
+        """"finetune" when the model is a directory with weights (trials start from them, as
+        ``slimtrain finetune`` does), else "pretrain" (a preset, or a config without weights)."""
+        from pathlib import Path
+
+        from ..models.build import has_weights, is_preset
+
+        return ("finetune" if not is_preset(self.model) and Path(self.model).is_dir()
+                and has_weights(Path(self.model)) else "pretrain")
+
     def specs(self) -> list[MethodSpec]:
         return [parse_method(m) for m in self.methods]
 
@@ -129,6 +141,8 @@ class BenchSettings:
         values = asdict(self)
         for name in ("methods", "jobs"):
             values.pop(name)
+        if values["prompt_field"] is None:  # (results written before the field existed still match)
+            values.pop("prompt_field")
         return values
 
     def command(self) -> str:
@@ -139,6 +153,8 @@ class BenchSettings:
                 parts.append(f"--{name} {getattr(self, name)}")
         if self.data is not None:
             parts.append(f"--text-field {self.text_field}")
+        if self.prompt_field is not None:
+            parts.append(f"--prompt-field {self.prompt_field}")
         parts += [f"--val-fraction {self.val_fraction:g}", f"--tokens {self.tokens}",
                   f"--seq-len {self.seq_len}", f"--batch-size {self.batch_size}",
                   f"--precision {self.precision}", f"--trials {self.trials}",

@@ -63,11 +63,16 @@ def trial_spec(trial: Trial, settings: BenchSettings, out: Path, is_recipe: bool
                  eval_batches=settings.eval_batches, log_every=max(1, settings.eval_every // 2),
                  save_every=settings.steps, keep_last=1, seed=trial.seed, threads=settings.threads,
                  out=str(trial.run_dir(out)), **{k: v for k, v in trial.spec.options if k in TRAINER_OPTIONS})
+    if settings.prompt_field is not None:
+        train["prompt_field"] = settings.prompt_field
     kw = recipe_kwargs(trial.spec, settings)
     if is_recipe:  # a registry recipe: exactly what `slimtrain pretrain` would run
         train.update(rank=kw["rank"], weight_decay=kw["weight_decay"], optim_args=kw["options"])
-    return dict(method=trial.spec.name, options=kw["options"], lr=trial.lr, seed=trial.seed,
+    spec = dict(method=trial.spec.name, options=kw["options"], lr=trial.lr, seed=trial.seed,
                 stage=trial.stage, rank=kw["rank"], weight_decay=kw["weight_decay"], train=train)
+    if settings.mode == "finetune":  # (pretraining specs keep their keys: finished trials are reused)
+        spec["kind"] = "finetune"
+    return spec
 
 
 def finished(run_dir: Path, spec: dict[str, Any]) -> dict | None:

@@ -3,7 +3,8 @@
 Reads ``METHOD_DIR/job.json`` (written by the runner) and runs the method's trials
 (``trials.method_trials``) in the order its protocol asks for them (``sweep.py``): the learning-rate
 walk at the first seed, the noise check and reruns at the second, the chosen lr at every seed.
-Each trial trains with the trainer (``train.session.run`` — the loop of ``slimtrain pretrain``;
+Each trial trains with the trainer (``train.session.run`` — the loop of ``slimtrain pretrain``, or
+of ``slimtrain finetune`` when the model is a directory with weights;
 other libraries' optimizers come in through its ``optimizer_factory``) and leaves ``spec.json``
 and ``result.json`` (status ok / diverged / failed, the run's summary, its validation curve) in its
 own directory. A process per method gives each
@@ -57,7 +58,7 @@ def _train(spec: dict[str, Any], run_dir: Path, method: Method) -> dict[str, Any
 
     result: dict[str, Any] = {"status": "ok", "error": None, "summary": None}
     try:
-        result["summary"] = session.run("pretrain", dict(spec["train"]), None, None,
+        result["summary"] = session.run(spec.get("kind", "pretrain"), dict(spec["train"]), None, None,
                                         Console(soft_wrap=True, highlight=False),
                                         optimizer_factory=_factory(spec, method))
     except Interrupted:

@@ -15,6 +15,7 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from .._warnings import warn
+from ..activations import use_chunked_loss
 from ..errors import UserError, first_line
 from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
@@ -250,6 +251,11 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.loss == "chunked":
+        try:
+            use_chunked_loss(model)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     model.train()
     zeroth_order = optimizer_factory is None and optim.recipe(config.optimizer).zeroth_order
     if zeroth_order:
