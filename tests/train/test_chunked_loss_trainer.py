@@ -20,7 +20,7 @@ def run_once(model_dir, corpus, out, *extra):
 
 
 def test_chunked_loss_follows_the_naive_trajectory(model_dir, corpus, tmp_path):
-    naive = run_once(model_dir, corpus, tmp_path / "naive")
+    naive = run_once(model_dir, corpus, tmp_path / "naive", "--loss", "naive")
     chunked = run_once(model_dir, corpus, tmp_path / "chunked", "--loss", "chunked")
     close(losses(chunked), losses(naive), tol=1e-4)
     assert [r["val_loss"] for r in read_metrics(chunked) if "val_loss" in r] == pytest.approx(
@@ -40,7 +40,7 @@ def test_two_fsdp_ranks_with_the_chunked_loss_equal_one_process(model_dir, corpu
 
 def test_bad_loss_name_and_unsupported_models_are_refused(model_dir, corpus, tmp_path):
     result = cli("pretrain", *base_args(model_dir, corpus, tmp_path / "x"), "--loss", "fused")
-    assert result.exit_code != 0 and "--loss must be naive or chunked" in result.stderr
+    assert result.exit_code != 0 and "--loss must be auto, naive or chunked" in result.stderr
     model = tiny_llama(vocab_size=64)
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping"):

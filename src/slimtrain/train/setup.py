@@ -15,7 +15,7 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from .._warnings import warn
-from ..activations import use_chunked_loss
+from ..activations import supports_chunked_loss, use_chunked_loss
 from ..errors import UserError, first_line
 from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
@@ -251,11 +251,13 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.loss == "chunked":
+    if loss_kind(config, device, model) == "chunked":
         try:
             use_chunked_loss(model)
         except ValueError as err:
             raise UserError(str(err)) from None
+        say("loss: chunked linear cross-entropy (the logits are never held whole; --loss naive "
+            "for transformers' own)")
     model.train()
     zeroth_order = optimizer_factory is None and optim.recipe(config.optimizer).zeroth_order
     if zeroth_order:
@@ -296,6 +298,15 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if ckpt is not None:
         _restore(run, ckpt, state)
     return run
+
+
+def loss_kind(config: TrainConfig, device: torch.device, model) -> str:
+    """--loss auto: chunked on CPU (equal to 1e-6, measured as fast or faster there:
+    benchmarks/README.md), naive elsewhere until it is measured on a GPU; naive for a model the
+    chunked loss does not apply to (its logits are not ``lm_head(hidden)``)."""
+    if config.loss != "auto":
+        return config.loss
+    return "chunked" if device.type == "cpu" and supports_chunked_loss(model) is None else "naive"
 
 
 def _check_zeroth_order(config: TrainConfig, dist) -> None:
