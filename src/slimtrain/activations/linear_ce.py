@@ -2,11 +2,14 @@
 
 A causal LM's logits are tokens × vocabulary: at 4,096 tokens and 32,000 words, 0.5 GB in fp32, and
 the naive loss holds about three such tensors at the start of backward (log-softmax output, its
-gradient, the logits' gradient). Here the forward pass runs over chunks of tokens and keeps, per
-token, only the log-sum-exp (one float); the backward pass recomputes each chunk's logits, turns
-them in place into ``(softmax − onehot) · grad`` and accumulates ``grad_hidden`` (that chunk's
-rows) and ``grad_weight`` (V × d, fp32). The extra memory is about two chunks of fp32 logits plus
-the fp32 weight-gradient accumulator — the price is one more head matmul (recomputed in backward).
+gradient, the logits' gradient). Here the forward pass runs over chunks of tokens. When the loss
+is one number (reduction "mean" or "sum", the training case) and a gradient is wanted, each
+chunk's logits are turned in place into ``(softmax − onehot) · coefficient`` right away and give
+that chunk's rows of ``grad_hidden`` and its share of ``grad_weight`` (V × d, fp32): backward only
+scales them by the upstream gradient (one number), so the head costs the same three matmuls as the
+naive loss. Per-token losses (reduction "none") keep, per token, only the log-sum-exp and
+recompute each chunk's logits in backward (one more matmul). The extra memory is about two chunks
+of fp32 logits plus the fp32 weight-gradient accumulator.
 
 Numerics follow ``transformers``' ``ForCausalLMLoss``: logits are computed in the inputs' dtype
 (bf16 matmul, as ``lm_head`` would) and upcast to fp32 before the softmax; the log-sum-exp, the loss
@@ -52,6 +55,79 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return out.float()
 
 
+def _chunk_lse(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor):
+    """A chunk's log-sum-exp and target logits; ``x`` (fp32 logits, overwritten) becomes
+    ``exp(x - peak)``, returned with the row sums to make the softmax from."""
+    target = x.gather(1, torch.where(valid, y, 0)[:, None]).squeeze(1)
+    peak = x.amax(1)
+    peak = torch.where(torch.isfinite(peak), peak, 0.0)  # a row of -inf stays -inf
+    sums = x.sub_(peak[:, None]).exp_().sum(1)
+    return sums.log().add_(peak), target, sums
+
+
+def _into_grad_(g: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """softmax (``g``, in place) → ``(softmax − onehot(y)) · coef`` per row; ignored rows → 0."""
+    rows = torch.arange(g.shape[0], device=g.device)
+    g[rows, torch.where(valid, y, 0)] -= valid.float()
+    return g.mul_(coef[:, None])
+
+
+def _accumulate(g, h, weight, start, stop, grad_h, grad_w, grad_b, dtype):
+    """A chunk's logit gradient ``g`` (fp32) into the gradients of hidden rows, weight and bias."""
+    if grad_b is not None:
+        grad_b += g.sum(0)
+    if dtype != torch.float32:
+        g = g.to(dtype)  # the fp32 chunk is freed here: one chunk alive, not two
+    if grad_h is not None:
+        torch.mm(g, weight, out=grad_h[start:stop])
+    if grad_w is not None:
+        if dtype == torch.float32:
+            grad_w.addmm_(g.T, h)
+        else:
+            grad_w += g.T @ h
+
+
+def _gradient_buffers(hidden, weight, need_h, need_w, need_b):
+    # fp32 weights accumulate straight into their gradient (addmm_); others into an fp32 copy.
+    return (torch.empty_like(hidden) if need_h else None,
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None,
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None)
+
+
+class _LinearCEScalar(torch.autograd.Function):
+    """``scale · Σ_t loss_t`` (zero where ignored) and, in the same pass over the chunks, its
+    gradients; backward multiplies them by the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, chunk_size, scale):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        n, dtype = hidden.shape[0], hidden.dtype
+        grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, need_h, need_w, need_b)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, n, chunk_size):
+                stop = min(start + chunk_size, n)
+                h, y = hidden[start:stop], labels[start:stop]
+                valid = y != ignore_index
+                x = _logits(h, weight, bias)
+                lse, target, sums = _chunk_lse(x, y, valid)
+                total += torch.where(valid, lse - target, 0.0).sum()
+                g = _into_grad_(x.div_(sums[:, None]), y, valid, valid.float() * scale)
+                _accumulate(g, h, weight, start, stop, grad_h, grad_w, grad_b, dtype)
+                del x, g
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        grads = []
+        for g, dtype in zip(ctx.saved_tensors, ctx.dtypes):
+            grads.append(None if g is None else g.mul_(grad_total.to(g.dtype)).to(dtype))
+        return (*grads, None, None, None, None)
+
+
 class _LinearCE(torch.autograd.Function):
     """Per-token losses (zero where ignored); saves hidden, weight, bias, labels and the lse."""
 
@@ -66,10 +142,7 @@ class _LinearCE(torch.autograd.Function):
                 y = labels[start:stop]
                 valid = y != ignore_index
                 x = _logits(hidden[start:stop], weight, bias)
-                target = x.gather(1, torch.where(valid, y, 0)[:, None]).squeeze(1)
-                peak = x.amax(1)
-                peak = torch.where(torch.isfinite(peak), peak, 0.0)  # a row of -inf stays -inf
-                lse_c = x.sub_(peak[:, None]).exp_().sum(1).log_().add_(peak)
+                lse_c, target, _ = _chunk_lse(x, y, valid)
                 lse[start:stop] = lse_c
                 losses[start:stop] = torch.where(valid, lse_c - target, 0.0)
                 del x
@@ -83,10 +156,7 @@ class _LinearCE(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n, dtype = hidden.shape[0], hidden.dtype
-        grad_h = torch.empty_like(hidden) if need_h else None
-        # fp32 weights accumulate straight into their gradient (addmm_); others into an fp32 copy.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, need_h, need_w, need_b)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, n, ctx.chunk_size):
                 stop = min(start + ctx.chunk_size, n)
@@ -94,20 +164,8 @@ class _LinearCE(torch.autograd.Function):
                 valid = y != ctx.ignore_index
                 coef = torch.where(valid, grad_losses[start:stop].float(), 0.0)
                 g = _logits(h, weight, bias).sub_(lse[start:stop, None]).exp_()  # softmax
-                rows = torch.arange(stop - start, device=g.device)
-                g[rows, torch.where(valid, y, 0)] -= valid.float()
-                g.mul_(coef[:, None])
-                if need_b:
-                    grad_b += g.sum(0)
-                if dtype != torch.float32:
-                    g = g.to(dtype)  # the fp32 chunk is freed here: one chunk alive, not two
-                if need_h:
-                    torch.mm(g, weight, out=grad_h[start:stop])
-                if need_w:
-                    if dtype == torch.float32:
-                        grad_w.addmm_(g.T, h)
-                    else:
-                        grad_w += g.T @ h
+                _accumulate(_into_grad_(g, y, valid, coef), h, weight, start, stop, grad_h, grad_w,
+                            grad_b, dtype)
                 del g
         return (grad_h,
                 None if grad_w is None else grad_w.to(weight.dtype),
@@ -189,6 +247,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         if bias is not None:
             raise ValueError("backend='cce' takes no bias: use backend='slimtrain'")
         losses = _cce_losses(flat_h, weight, flat_y, ignore_index).float()
+    elif reduction != "none" and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        if normalizer is not None:
+            scale = 1.0 / (normalizer.to(flat_h.device, torch.float32)
+                           if isinstance(normalizer, torch.Tensor) else
+                           torch.tensor(float(normalizer), device=flat_h.device))
+        elif reduction == "sum":
+            scale = torch.ones((), device=flat_h.device)
+        else:
+            scale = 1.0 / (flat_y != ignore_index).sum().clamp(min=1).float()
+        return _LinearCEScalar.apply(flat_h, weight, bias, flat_y, ignore_index, chunk_size, scale)
     else:
         losses = _LinearCE.apply(flat_h, weight, bias, flat_y, ignore_index, chunk_size)
     if reduction == "none":
