@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 METHODS = ("mezo", "zo-adam", "adamw", "galore-adamw")
 
@@ -91,7 +93,9 @@ def finetune(method: str, model_dir: Path, data: Path, out: Path, args) -> dict:
     # the last logged step's peak: training's, before the final checkpoint is written (its
     # safetensors file is built in memory, one more copy of the weights: the summary's figure)
     evals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    return {"method": method, "lr": records[0]["lr"], "val_loss": evals,
+    # the configured peak (the records' first lr is the warmup's); None: the recipe's own, constant
+    peak_lr = yaml.safe_load((out / "config.yaml").read_text())["lr"] or records[0]["lr"]
+    return {"method": method, "lr": peak_lr, "val_loss": evals,
             "train_loss": [r["loss"] for r in records], "tokens_per_s": summary["tokens_per_s"],
             "gradient_bytes": summary["gradient_bytes"],
             "state_bytes": summary["optimizer_state_bytes"], "peak_rss": records[-1]["peak_memory_bytes"],
@@ -136,11 +140,17 @@ def main() -> None:
               "command": "python benchmarks/zo_finetune.py " + " ".join(sys.argv[1:]),
               "settings": vars(args), "inference_peak_rss": inference, "methods": rows}
     (results_dir / "results.json").write_text(json.dumps(report, indent=1))
-    lines = [f"Produced by `{report['command']}` (SmolLM2-135M-Instruct, fp32, {args.threads} "
-             f"thread(s), batch {args.batch_size} × {args.seq_len}, {args.steps} steps, loss "
-             f"{args.loss}).", "",
-             "| method | lr | val loss (first → last eval) | tokens/s | gradients MiB | state MiB "
-             "| peak RSS MiB | × inference forward |", "|---|---|---|---|---|---|---|---|"]
+    print(write_markdown(report, results_dir))
+
+
+def write_markdown(report: dict, results_dir: Path) -> str:
+    a, rows, inference = report["settings"], report["methods"], report["inference_peak_rss"]
+    first_eval = a["steps"] // 3
+    lines = [f"Produced by `{report['command']}` (SmolLM2-135M-Instruct, fp32, {a['threads']} "
+             f"thread(s), batch {a['batch_size']} × {a['seq_len']}, {a['steps']} steps, loss "
+             f"{a['loss']}; lr: the peak, after a 10% warmup for the first-order ones).", "",
+             f"| method | lr | val loss (step {first_eval} → {a['steps']}) | tokens/s | gradients MiB "
+             "| state MiB | peak RSS MiB | × inference forward |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} |||||||")
@@ -152,8 +162,9 @@ def main() -> None:
                      f"{r['rss_vs_inference']:.2f} |")
     lines.append(f"\nInference-only forward (same batch, fresh process): "
                  f"{inference / 2**20:,.0f} MiB peak RSS.")
-    (results_dir / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    (results_dir / "results.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
