@@ -1,7 +1,7 @@
 """Low-bit optimizer states: state bytes and step time, side by side in one process, on the GaLore
 paper's LLaMA-60M shapes (``slimtrain.models.preset_config("60m")``).
 
-    python benchmarks/lowbit_step.py [--rounds 8] [--threads 1] [--rank 128] [--skip torchao-4bit ...]
+    python benchmarks/lowbit_step.py [--rounds 8] [--threads 1] [--rank 128] [--skip "torchao AdamW4bit" ...]
                                      [--device cuda]
 
 Every optimizer gets its own copy of the parameters and the same pre-filled gradients (shared, read
@@ -27,6 +27,7 @@ BYTES_PER_ELEMENT = {  # bytes moved per parameter element by one step (read + w
     "fp32": 4 + 4 + 4 + 2 * 4 + 2 * 4,        # grad; param r/w; m r/w; v r/w
     "8bit": 4 + 4 + 4 + 2 * 2 * 1,            # grad; param r/w; two codes r/w (+ scales, 1/64)
     "4bit": 4 + 4 + 4 + 2 * 2 * 0.5,
+    "fp8": 4 + 4 + 4 + 2 * 2 * 1,             # as 8-bit: e4m3 codes
 }
 
 
@@ -76,13 +77,18 @@ def build(args, named):
     add("torch AdamW (fused)", lambda ps: torch.optim.AdamW(plain(ps), fused=True), "fp32")
     add("slimtrain AdamW8bit", lambda ps: so.AdamW8bit(ps), "8bit")
     add("slimtrain AdamW4bit", lambda ps: so.AdamW4bit(ps), "4bit")
+    add("slimtrain AdamW fp8", lambda ps: so.AdamW(ps, state_bits="fp8"), "fp8")
+    # without the pipeline's gradient-norm pass (NaN/Inf skip, opt.grad_norm): the kernel alone
+    add("slimtrain AdamW fp8 (check_finite=False)",
+        lambda ps: so.AdamW(ps, state_bits="fp8", check_finite=False), "fp8")
     add("slimtrain GaLoreAdamW8bit", lambda ps: so.GaLoreAdamW8bit(
         ps, rank=args.rank, refresh_every=10**6), None)
     if importlib.util.find_spec("torchao"):
-        from torchao.optim import AdamW4bit, AdamW8bit
+        from torchao.optim import AdamW4bit, AdamW8bit, AdamWFp8
 
         add("torchao AdamW8bit", lambda ps: AdamW8bit(plain(ps)), "8bit")
         add("torchao AdamW4bit", lambda ps: AdamW4bit(plain(ps)), "4bit")
+        add("torchao AdamWFp8", lambda ps: AdamWFp8(plain(ps)), "fp8")
     if importlib.util.find_spec("bitsandbytes"):
         import bitsandbytes as bnb
 
@@ -164,7 +170,7 @@ def main():
         frac = "" if kind is None else f"{BYTES_PER_ELEMENT[kind] * numel / med[name] / copy_bw:.2f}"
         print(f"| {name} | {b / 2**20:.1f} | {b / ref_bytes:.3f} | {med[name] / med[fused]:.2f} | "
               f"{med[name] / med[foreach]:.2f} | {med[name] * 1e3:.0f} | {bw} | {frac} |")
-    print("Targets: 8-bit state ≤ 0.26× AdamW's; 8-bit step ≤ 1.0× torch fused AdamW's.")
+    print("Targets: 8-bit and fp8 state ≤ 0.26× AdamW's; 8-bit and fp8 step ≤ 1.0× torch fused AdamW's.")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,10 @@ class PipelineOptions:
     fused: bool | None = option(None, "torch's fused Adam kernel (and the low-bit kernels); None: "
                                 "where it applies")
     check_finite: bool = option(True, "skip (and report) parameters whose gradient has NaN/Inf")
-    state_bits: int | None = option(None, "the rule's moments in the parameter's dtype (None), "
-                                    "fp32 / bf16 (32 / 16) or block-wise quantized (8 / 4)",
-                                    choices=STATE_BITS)
+    state_bits: int | str | None = option(None, "the rule's moments in the parameter's dtype "
+                                          "(None), fp32 / bf16 (32 / 16), block-wise quantized "
+                                          "(8 / 4) or float8 e4m3 codes per block (\"fp8\", COAT)",
+                                          choices=STATE_BITS)
     quantize_min_numel: int = option(4096, "tensors with fewer elements keep fp32 moments when "
                                      "quantizing", low=0, integer=True)
     stochastic_rounding: bool = option(False, "bf16 parameters: round each update stochastically")

@@ -30,6 +30,9 @@ fuses multiply-adds may move a value by an ulp.
 
 The subspace bases of Q-GaLore are quantized here too (``quantize_minmax``: asymmetric min–max in
 groups), with the same 4-bit packing: two codes per byte, element 2i in the high nibble.
+
+``"e4m3"`` / ``"e4m3+"`` (``state_bits="fp8"``) are float8 e4m3 codes in the same 8-bit blocks;
+their math is ``fp8.py``'s.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ import torch
 from torch import Tensor
 
 from ..util import ceil_div, pad_flat
+from . import fp8
 
-MAPS = ("signed", "unsigned", "linear")
+MAPS = ("signed", "unsigned", "linear", *fp8.KINDS)
 _BLOCK = {8: 256, 4: 128}
 
 
@@ -90,6 +94,8 @@ TREES = {(kind, bits): _tree_constants(kind, bits)
 
 def decode(codes: Tensor, kind: str, bits: int, dtype=torch.float32) -> Tensor:
     """Map values (in [-1, 1]) of integer codes; ``codes`` are unpacked (one code per element)."""
+    if kind in fp8.KINDS:
+        return fp8.decode(codes, kind, dtype)
     u = codes.to(torch.int32)
     if kind == "linear":
         return ((u + 1).to(torch.float32) / 2**bits).to(dtype)
@@ -109,6 +115,8 @@ def decode(codes: Tensor, kind: str, bits: int, dtype=torch.float32) -> Tensor:
 def encode(y: Tensor, kind: str, bits: int) -> Tensor:
     """Codes (uint8, unpacked) of the map values nearest to ``y`` in [-1, 1] (``[0, 1]`` for the
     unsigned maps). Values within float32 rounding of the midpoint between two codes may get either."""
+    if kind in fp8.KINDS:
+        return fp8.encode(y, kind)
     a = y.abs().to(torch.float32)
     if kind == "linear":
         return (torch.round(a * 2**bits) - 1).clamp(0, 2**bits - 1).to(torch.uint8)
@@ -193,6 +201,8 @@ def swap_nibbles(codes: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------- blocks
 def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, Tensor]:
     """x: (blocks, block_size) → (uint8 codes (blocks, block_size·bits/8), float32 absmax (blocks,))."""
+    if kind in fp8.KINDS:
+        return fp8.quantize_blocks(x, kind)
     absmax = x.abs().amax(dim=1, keepdim=True)
     # A block of zeros has absmax 0: dividing by the smallest normal float keeps it at 0, not NaN.
     codes = encode(x / absmax.clamp_min(torch.finfo(x.dtype).tiny), kind, bits)
@@ -202,6 +212,8 @@ def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, Tensor]:
 
 def dequantize_blocks(codes: Tensor, absmax: Tensor, kind: str, bits: int,
                       dtype=torch.float32) -> Tensor:
+    if kind in fp8.KINDS:
+        return fp8.dequantize_blocks(codes, absmax, kind, dtype)
     if bits == 4:
         codes = unpack4(codes)
     return decode(codes, kind, bits, dtype) * absmax.to(dtype).unsqueeze(1)

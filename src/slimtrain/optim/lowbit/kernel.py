@@ -195,7 +195,7 @@ def update_tensor_(group: dict, kept: dict[str, Storage], target: Tensor | None,
         native.adam_step(cfg.m.bits, rows, None if target is None else out_flat,
                                 out_flat if target is None else None, grad_main,
                                 cfg.m.parts(state, "exp_avg"), cfg.v.parts(state, "exp_avg_sq"),
-                                hp_t, key, stochastic)
+                                hp_t, key, stochastic, (cfg.m.kind, cfg.v.kind))
         rows_done = rows
     else:
         rows_done = 0

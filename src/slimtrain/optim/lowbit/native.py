@@ -4,7 +4,8 @@ Why a C kernel: on a CPU the one-pass step is compute-bound (decode, Adam, absma
 moments), and torch.compile's code for it ran 6.5–7.7× torch's fused fp32 AdamW — inductor turns
 the encoder's float↔int bit casts and any gather into scalar loops. The C file is the eager
 reference's float32 arithmetic in the same order (plain C for the auto-vectorizer, plus an AVX-512
-path), so it gives the same bits (tested).
+path), so it gives the same bits (tested). It covers the 8/4-bit tree maps and fp8's e4m3 codes
+(``FORMATS``).
 
 It is compiled once per machine with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``
 — torch.compile needs one too) and cached in slimtrain's cache directory (``paths.cache_dir``), keyed by
@@ -33,13 +34,14 @@ from torch import Tensor
 
 from ..._warnings import warn
 from ...paths import cache_dir
+from . import fp8
 from .codec import TREES, code_table
 
 SOURCE = Path(__file__).with_name("cpu.c")
 HEADERS = (Path(__file__).with_name("cpu_avx512.h"),)
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 NATIVE_FLAGS = ["-march=native"]  # tried first; some compilers/targets lack it
-_ABI = 2
+_ABI = 3
 _MIN_BLOCKS_PER_THREAD = 256  # below this a thread costs more than it saves
 
 
@@ -56,11 +58,13 @@ class _Args(ctypes.Structure):
                 ("v_table", ctypes.c_void_p), ("m_tree", _Tree), ("v_tree", _Tree),
                 ("hp", ctypes.c_float * 8), ("index0", ctypes.c_int64), ("key", ctypes.c_uint32),
                 ("bits", ctypes.c_int32), ("param_mode", ctypes.c_int32),
-                ("grad_bf16", ctypes.c_int32)]
+                ("grad_bf16", ctypes.c_int32), ("fp8", ctypes.c_int32)]
 
 
-# (m kind, v kind) the kernel encodes, by bits: what storage._storage gives Adam's moments.
-KINDS = {8: ("signed", "unsigned"), 4: ("signed", "linear")}
+# (bits, m kind, v kind) the kernel encodes — what storage._storage gives Adam's moments — and
+# whether they are fp8's e4m3 codes.
+FORMATS = {(8, "signed", "unsigned"): False, (4, "signed", "linear"): False,
+           (8, "e4m3", "e4m3+"): True}
 
 
 def _cpu_signature() -> str:
@@ -135,13 +139,16 @@ def available() -> bool:
 
 @functools.cache
 def _table(kind: str, bits: int) -> Tensor:
+    """code → map value; for fp8 the e4m3 value itself (the kernel scales by absmax / 448)."""
+    if kind in fp8.KINDS:
+        return fp8.e4m3_values(torch.arange(256)).contiguous()
     return code_table(kind, bits).contiguous()
 
 
 @functools.cache
 def _tree(kind: str, bits: int) -> _Tree:
     tree = _Tree()
-    if kind == "linear":
+    if kind not in ("signed", "unsigned"):  # linear and e4m3 encode without a tree
         return tree
     t = TREES[kind, bits]
     for e in t["R"]:
@@ -155,10 +162,10 @@ def _tree(kind: str, bits: int) -> _Tree:
 def supports(device: torch.device, compute: torch.dtype, bits_kinds: tuple, param_dtype,
              grad_dtype: torch.dtype) -> bool:
     """Whether the kernel runs this configuration: float32 compute on a CPU, both moments quantized
-    with Adam's maps at the same width, float32/bfloat16 parameters and gradients."""
+    with Adam's maps at the same width (``FORMATS``), float32/bfloat16 parameters and gradients."""
     (m_bits, m_kind), (v_bits, v_kind) = bits_kinds
     return (device.type == "cpu" and compute == torch.float32 and m_bits == v_bits
-            and KINDS.get(m_bits) == (m_kind, v_kind)
+            and (m_bits, m_kind, v_kind) in FORMATS
             and param_dtype in (None, torch.float32, torch.bfloat16)
             and grad_dtype in (torch.float32, torch.bfloat16) and available())
 
@@ -190,12 +197,13 @@ def _run(lib, args: _Args, blocks: int) -> None:
 
 def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor | None,
               grad: Tensor, m: tuple[Tensor, Tensor], v: tuple[Tensor, Tensor], hp: Tensor,
-              key: int, stochastic: bool) -> None:
+              key: int, stochastic: bool, kinds: tuple[str, str] | None = None) -> None:
     """The first ``blocks`` whole blocks of one tensor, in place: moments (codes, absmax) and the
     target (flat parameter) or ``direction`` (flat float32). All tensors contiguous; ``hp``: the
-    eight float32 hyperparameters of ``kernel._block_step``."""
+    eight float32 hyperparameters of ``kernel._block_step``; ``kinds``: the (m, v) maps, by default
+    the tree maps of ``bits`` (a key of ``FORMATS``)."""
     lib = _library()
-    m_kind, v_kind = KINDS[bits]
+    m_kind, v_kind = kinds or next(k[1:] for k, fp8 in FORMATS.items() if k[0] == bits and not fp8)
     args = _Args()
     args.target = None if target is None else target.data_ptr()
     args.direction = None if direction is None else direction.data_ptr()
@@ -209,4 +217,5 @@ def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor |
     args.param_mode = (0 if target is None else 1 if target.dtype == torch.float32
                        else 3 if stochastic else 2)
     args.grad_bf16 = int(grad.dtype == torch.bfloat16)
+    args.fp8 = int(FORMATS[bits, m_kind, v_kind])
     _run(lib, args, blocks)

@@ -7,6 +7,8 @@
 * ``8`` / ``4`` — block-wise quantized moments (``codec.py``): uint8 codes + one float32 absmax per
   block. Tensors with fewer than ``quantize_min_numel`` elements (4096, as bitsandbytes and torchao)
   keep float32 moments: codes would save a few bytes for their error.
+* ``"fp8"`` — float8 e4m3 codes in the 8-bit layout (``fp8.py``, COAT): kinds ``"e4m3"`` for signed
+  moments, ``"e4m3+"`` (no zero code) for nonnegative ones.
 
 Moments stored in the parameter's dtype take the unchanged path; Adam's others take the one-pass
 one-pass kernel of ``kernel.py`` (the C kernel of ``native.py`` on CPUs) (bf16 parameters optionally with stochastic rounding).
@@ -31,12 +33,13 @@ from ..util import ceil_div, pad_flat
 from .codec import block_size, dequantize_blocks, quantize_blocks
 from .kernel import seed_key, stochastic_round_bf16, update_tensor_
 
-STATE_BITS = (None, 32, 16, 8, 4)
+STATE_BITS = (None, 32, 16, 8, 4, "fp8")
 
 
 @dataclass(frozen=True)
 class Storage:
-    """How one moment tensor is kept: a plain ``dtype``, or ``bits``-bit codes with map ``kind``."""
+    """How one moment tensor is kept: a plain ``dtype``, or ``bits``-bit codes with map ``kind``
+    (``codec.MAPS``; fp8's e4m3 kinds have ``bits`` 8)."""
 
     dtype: torch.dtype | None = None
     bits: int = 0
@@ -92,6 +95,8 @@ def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Stora
         return Storage(torch.float32 if bits == 32 else torch.bfloat16)
     if numel < group["quantize_min_numel"]:
         return Storage(torch.float32)
+    if bits == "fp8":
+        return Storage(bits=8, kind="e4m3" if signed else "e4m3+")
     return Storage(bits=bits, kind="signed" if signed else "unsigned" if bits == 8 else "linear")
 
 

@@ -35,7 +35,7 @@ class AdamW(Recipe):
 
 @dataclass
 class AdamW8bitConfig(AdamWConfig):
-    state_bits: int | None = like(Runtime, "state_bits", 8)
+    state_bits: int | str | None = like(Runtime, "state_bits", 8)
 
 
 class AdamW8bit(AdamW):
@@ -53,7 +53,7 @@ class AdamW8bit(AdamW):
 
 @dataclass
 class AdamW4bitConfig(AdamWConfig):
-    state_bits: int | None = like(Runtime, "state_bits", 4)
+    state_bits: int | str | None = like(Runtime, "state_bits", 4)
 
 
 class AdamW4bit(AdamW):

@@ -87,7 +87,7 @@ class Runtime(Spike):
     foreach: bool = like(PipelineOptions, "foreach")
     fused: bool | None = like(PipelineOptions, "fused")
     check_finite: bool = like(PipelineOptions, "check_finite")
-    state_bits: int | None = like(PipelineOptions, "state_bits")
+    state_bits: int | str | None = like(PipelineOptions, "state_bits")
     quantize_min_numel: int = like(PipelineOptions, "quantize_min_numel")
     stochastic_rounding: bool = like(PipelineOptions, "stochastic_rounding")
 

@@ -54,7 +54,7 @@ class GaLoreAdamW(ProjectedRecipe):
 @dataclass
 class GaLore8bitConfig(GaLoreConfig):
     rest: str = like(Projection, "rest", "adamw8bit")
-    state_bits: int | None = like(Runtime, "state_bits", 8)
+    state_bits: int | str | None = like(Runtime, "state_bits", 8)
 
 
 class GaLoreAdamW8bit(GaLoreAdamW):

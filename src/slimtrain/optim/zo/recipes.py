@@ -48,7 +48,7 @@ class ZOConfig(Base, Perturbation):
 class ZOState:
     """How the stateful variants keep their state (the gradient pipeline's options)."""
 
-    state_bits: int | None = like(PipelineOptions, "state_bits")
+    state_bits: int | str | None = like(PipelineOptions, "state_bits")
     quantize_min_numel: int = like(PipelineOptions, "quantize_min_numel")
     stochastic_rounding: bool = like(PipelineOptions, "stochastic_rounding")
     foreach: bool = like(PipelineOptions, "foreach")
