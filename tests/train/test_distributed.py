@@ -154,7 +154,9 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(model_dir, corpu
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", str(script), "pretrain",
                            *map(str, base_args(model_dir, corpus, run, steps=12, batch_size=2)),
-                           "--parallel", "ddp"], capture_output=True, text=True, timeout=TIMEOUT)
+                           "--parallel", "ddp",
+                           "--loss", "naive"],  # the poison is in the class's forward, which
+                          capture_output=True, text=True, timeout=TIMEOUT)  # chunked bypasses
     assert time.monotonic() - started < TIMEOUT
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]

@@ -45,7 +45,7 @@ def make_run(mask_rows, grad_accum, batch_size):
                           position=0, device=torch.device("cpu"), autocast=None, model=model,
                           fused=None, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(
                               opt, lambda s: 1.0), step=0, tokens=0, optimizer_s=0.0,
-                          updating=False, dist=None, train_module=None)
+                          updating=False, dist=None, train_module=None, saved_hooks=None)
     return run
 
 

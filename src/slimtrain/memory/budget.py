@@ -42,9 +42,12 @@ def _largest_batch(static, budget: int, max_batch: int) -> int:
 
 def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="float32",
                      autocast: bool = False, recipes: list[str] | None = None,
-                     max_batch: int = 4096) -> list[Fit]:
+                     max_batch: int = 4096, checkpointing=("none", "all"), loss: str = "naive",
+                     activation_bits=None, offload_activations: bool = False) -> list[Fit]:
     """Every (recipe, rank, state bits, fused backward, checkpointing) that fits ``budget`` bytes
-    with at least batch 1, with its largest batch. Best first: the most optimizer state kept (closest
+    with at least batch 1, with its largest batch. ``checkpointing``: the policies searched
+    (``apply_activation_checkpointing``'s, "none" for none; a True in the list is transformers'
+    own); ``loss``, ``activation_bits`` and ``offload_activations`` apply to every setting. Best first: the most optimizer state kept (closest
     to AdamW), then no activation checkpointing (faster), then ordinary backward (clipping by the
     current norm), then the largest batch."""
     from .. import optim
@@ -58,6 +61,8 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
     weights_only = _static(model, names[0], seq_len=seq_len, param_dtype=param_dtype,
                            autocast=autocast, fused_backward=False, grad_accum=1,
                            activation_checkpointing=False, recipe_kwargs={}).weights
+    policies = [False if c in (None, False, "none") else c for c in checkpointing]
+    levers = dict(loss=loss, activation_bits=activation_bits, offload_activations=offload_activations)
     if weights_only > budget:  # before searching: nothing can fit
         raise ValueError(f"the budget ({budget / 2**30:.2f} GiB) is below the weights alone "
                          f"({weights_only / 2**30:.2f} GiB): no recipe fits; use a smaller model or "
@@ -72,19 +77,34 @@ def fitting_settings(budget: int, model, *, seq_len: int = 256, param_dtype="flo
             for state_bits in bits:
                 kwargs = {k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}
                 for fb in (False, True):  # layer-wise updates: a mode of most optimizers
-                    for ckpt in (False, True):
+                    for ckpt in policies:
                         try:
                             static = _static(model, name, seq_len=seq_len, param_dtype=param_dtype,
                                              autocast=autocast, fused_backward=fb, grad_accum=1,
                                              activation_checkpointing=ckpt,
-                                             recipe_kwargs=dict(kwargs))
+                                             recipe_kwargs=dict(kwargs), **levers)
                         except FusedRefused:  # Sophia's step inputs, LISA's sampling
                             continue
                         batch = _largest_batch(static, budget, max_batch)
                         if batch:
                             at = _with_batch(static, batch)
-                            fits.append(Fit(name, dict(kwargs, fused_backward=fb, activation_checkpointing=ckpt),
+                            fits.append(Fit(name, dict(kwargs, fused_backward=fb,
+                                                       activation_checkpointing=static.settings[
+                                                           "activation_checkpointing"]),
                                             batch, at.total, at.optimizer_states + at.projectors))
-    fits.sort(key=lambda f: (-f.state_bytes, f.settings["activation_checkpointing"],
+    order = {c: i for i, c in enumerate(sorted(
+        {f.settings["activation_checkpointing"] for f in fits}, key=_recompute_rank))}
+    fits.sort(key=lambda f: (-f.state_bytes, order[f.settings["activation_checkpointing"]],
                              f.settings["fused_backward"], -f.max_batch))
     return fits
+
+
+def _recompute_rank(policy) -> tuple[int, int]:
+    """Less recomputation first: none, attention only, every k-th layer (larger k first), MLP
+    only, every layer."""
+    from ..activations.checkpointing import parse_policy
+
+    if policy is True:
+        return (4, 0)
+    kind, k = parse_policy(policy)
+    return {"none": (0, 0), "attn": (1, 0), "mlp": (3, 0)}.get(kind, (2 if k > 1 else 4, -k))

@@ -42,7 +42,17 @@ def plan_command(
     fused_refresh_from: str = typer.Option("accumulated", help="With --fused-backward and --grad-accum > 1: a "
                                            "refreshing basis comes from the 'accumulated' gradient (the first "
                                            "step holds every gradient in full) or the 'first' micro-batch."),
-    activation_checkpointing: bool = typer.Option(False, help="Keep only each layer's input; recompute in backward."),
+    activation_checkpointing: Optional[str] = typer.Option(
+        None, "--activation-checkpointing", metavar="POLICY",
+        help="Recompute in backward: all (each layer keeps its input), every:K (layers 0, K, 2K, …), "
+             "attn or mlp (that block of every layer). With --budget: the one policy searched "
+             "besides none (default: all)."),
+    loss: str = typer.Option("naive", "--loss", help="naive (transformers' loss on the logits) or "
+                             "chunked (the logits never held whole)."),
+    activation_bits: Optional[str] = typer.Option(None, "--activation-bits", help="8 or fp8: the "
+                                                  "decoder layers' saved activations in 8-bit blocks."),
+    offload_activations: bool = typer.Option(False, "--offload-activations", help="GPU runs: the "
+                                             "decoder layers' saved activations in pinned host memory."),
     budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: list the recipes "
                                                     "and settings that fit, best first, with their largest batch."),
     top: int = typer.Option(15, help="With --budget: how many settings to list."),
@@ -78,16 +88,20 @@ def plan_command(
         if budget is not None:
             limit = parse_bytes(budget)
             fits = fitting_settings(limit, model, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
-                                    recipes=[recipe] if recipe != "adamw" or rank or state_bits else None)
+                                    recipes=[recipe] if recipe != "adamw" or rank or state_bits else None,
+                                    checkpointing=("none", activation_checkpointing or "all"),
+                                    loss=loss, activation_bits=activation_bits,
+                                    offload_activations=offload_activations)
             _print_fits(fits[:top], limit, model, seq_len, as_json)
             return
         kwargs = {**key_values(optim_arg),
                   **{k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}}
         result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
                       autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
-                      activation_checkpointing=activation_checkpointing,
+                      activation_checkpointing=activation_checkpointing or False,
                       fused_refresh_from=fused_refresh_from, world_size=world_size,
-                      parallel=parallel, **kwargs)
+                      parallel=parallel, loss=loss, activation_bits=activation_bits,
+                      offload_activations=offload_activations, **kwargs)
     except (ValueError, OSError) as error:  # the planner's and the config's complaints
         _fail(str(error))
         return
@@ -123,9 +137,18 @@ def plan_command(
                       "activations: the logits and one decoder layer at a time; temporaries: the "
                       "loss's fp32 log-softmax of the logits.")
         return
+    levers = [text for on, text in (
+        (loss == "chunked", "chunked loss (no logits kept; two fp32 chunks of them in backward)"),
+        (activation_checkpointing not in (None, False, "none"),
+         f"activation checkpointing {activation_checkpointing}"),
+        (activation_bits not in (None, "none"), f"saved activations in {activation_bits}-bit codes"
+         if activation_bits != "fp8" else "saved activations in fp8 codes"),
+        (offload_activations, "saved activations offloaded to host memory")) if on]
     console.print(f"{result.details['parameters'] / 1e6:.1f}M parameters. Activations: the tensors "
-                  "transformers' LLaMA saves for backward + logits; temporaries: an upper bound on the "
-                  "peak of the backward's loss head or of the optimizer step and subspace refresh.")
+                  "transformers' LLaMA saves for backward + logits"
+                  + (f", with {'; '.join(levers)}" if levers else "")
+                  + "; temporaries: an upper bound on the peak of the backward's loss head or of "
+                  "the optimizer step and subspace refresh.")
 
 
 def _print_fits(fits, limit: int, model: str, seq_len: int, as_json: bool) -> None:
@@ -143,6 +166,10 @@ def _print_fits(fits, limit: int, model: str, seq_len: int, as_json: bool) -> No
     for f in fits:
         s = f.settings
         table.add_row(f.recipe, str(s.get("rank", "–")), str(s.get("state_bits", "–")),
-                      "yes" if s["fused_backward"] else "no", "yes" if s["activation_checkpointing"] else "no",
+                      "yes" if s["fused_backward"] else "no", _policy(s["activation_checkpointing"]),
                       str(f.max_batch), f"{f.total / 2**30:.2f}", f"{f.state_bytes / 2**30:.2f}")
     console.print(table)
+
+
+def _policy(value) -> str:
+    return "no" if not value else ("yes" if value is True else str(value))

@@ -10,7 +10,7 @@ measured steps) — which also holds the allocator's caches and Python itself, s
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -29,21 +29,40 @@ def tensor_bytes(tensors) -> int:
 
 
 @contextmanager
-def saved_tensor_bytes(model: nn.Module):
-    """Yields a dict whose "bytes" is the size of the unique non-parameter storages autograd saves."""
+def saved_tensor_bytes(model: nn.Module, lever=None):
+    """Yields a dict whose "bytes" is the size of the unique non-parameter storages autograd saves.
+
+    With ``lever`` (a saved-tensor lever of ``slimtrain.activations``, entered by the caller: a
+    compression or offload context) each saved tensor goes through ``lever.pack`` and what the
+    packed value keeps on the device (``lever.held``) is counted instead: codes and scales for a
+    compressed storage, nothing for an offloaded one."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
     result = {"bytes": 0}
 
-    def pack(t):
+    def count(t):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in params:
             storages[ptr] = t.untyped_storage().nbytes()
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def pack(t):
+        if lever is None:
+            count(t)
+            return t
+        packed = lever.pack(t)
+        for held in lever.held(packed):
+            count(held)
+        return packed
+
+    unpack = (lambda t: t) if lever is None else lever.unpack
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield result
     result["bytes"] = sum(storages.values())
+
+
+def _returned_logits_bytes(out) -> int:
+    logits = getattr(out, "logits", None)
+    return 0 if logits is None else logits.untyped_storage().nbytes()
 
 
 class GradientMeter:
@@ -103,7 +122,7 @@ def _zeroth_order_steps(model, optimizer, steps, batch_size, seq_len, vocab, gen
             with saved_tensor_bytes(model) as saved, torch.autocast(
                     device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(input_ids=ids, labels=ids)
-            result["activations"] = saved["bytes"] + out.logits.untyped_storage().nbytes()
+            result["activations"] = saved["bytes"] + _returned_logits_bytes(out)
             return out.loss
 
         optimizer.step(closure)
@@ -111,10 +130,13 @@ def _zeroth_order_steps(model, optimizer, steps, batch_size, seq_len, vocab, gen
 
 def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: int, seq_len: int,
             steps: int = 2, autocast: bool = False, seed: int = 0, fused_backward: bool = False,
-            grad_accum: int = 1, **fuse_kwargs) -> dict[str, int | None]:
+            grad_accum: int = 1, lever=None, **fuse_kwargs) -> dict[str, int | None]:
     """Run ``steps`` training steps of ``grad_accum`` micro-batches on random token ids and report
     measured bytes. ``fused_backward`` switches ``optimizer`` to layer-wise updates here (after the
     gradient meter is in place; ``fuse_kwargs`` go to ``fuse_backward``) and back at the end.
+
+    ``lever``: a saved-tensor lever (``compressed_activations(model, …)``, ``offload_activations``)
+    entered around each forward; activations then count what it keeps on the device.
 
     Keys: weights, gradients (the most alive at once), optimizer_states, projectors, activations
     (saved tensors + logits, last micro-batch), peak_rss (CPU) or peak_allocated (CUDA).
@@ -139,13 +161,12 @@ def measure(model: nn.Module, optimizer: torch.optim.Optimizer, *, batch_size: i
     for _ in range(0 if getattr(optimizer, "zeroth_order", False) else steps):
         for _ in range(grad_accum):
             ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
-            with saved_tensor_bytes(model) as saved, torch.autocast(device.type, dtype=torch.bfloat16,
-                                                                     enabled=autocast):
+            with nullcontext() if lever is None else lever, saved_tensor_bytes(model, lever) as saved, \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(input_ids=ids, labels=ids)
-            logits = out.logits
-            result["activations"] = saved["bytes"] + logits.untyped_storage().nbytes()
+            result["activations"] = saved["bytes"] + _returned_logits_bytes(out)
             (out.loss / grad_accum).backward()
-            del out, logits
+            del out
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     result["gradients"] = meter.peak

@@ -13,10 +13,11 @@ The parts (all integers, bytes):
   by building the real recipe on a meta-device copy of the model (no memory is allocated), so it is
   exact for every registered recipe;
 * ``activations``: the saved-tensor model of ``activations.py`` (exact for transformers' LLaMA),
-  plus the returned logits, autocast's bf16 weight copies and, with checkpointing, one recomputed
-  layer;
+  plus the returned logits, autocast's bf16 weight copies and, with checkpointing, the largest
+  recomputed region; the levers (``loss="chunked"``, a checkpointing policy, ``activation_bits``,
+  ``offload_activations``) are modelled there storage by storage;
 * ``temporaries``: an upper bound on the short-lived peaks that come on top — the larger of the
-  backward's loss-head gradients (fp32 T×V twice) and the optimizer step's low-rank temporaries plus
+  backward's loss-head gradients (fp32 T×V twice; two chunks of them with the chunked loss) and the optimizer step's low-rank temporaries plus
   the subspace refresh workspace of the largest projected matrix (the SVD's);
 * ``total``: their sum.
 
@@ -156,6 +157,28 @@ def _refresh_workspace(optimizer, param_elem: int, one_at_a_time: bool) -> tuple
     return step, refresh
 
 
+def _levers(checkpointing, loss, activation_bits, offload) -> dict[str, Any]:
+    """The activation levers as settings (validated; one-line ValueErrors)."""
+    from ..activations.checkpointing import parse_policy
+    from ..activations.compress import parse_bits
+
+    if checkpointing is not True and checkpointing is not False:
+        kind, k = parse_policy(checkpointing)
+        checkpointing = False if kind == "none" else ("all" if kind == "every" and k == 1 else
+                                                      f"every:{k}" if kind == "every" else kind)
+    if loss not in ("naive", "chunked"):
+        raise ValueError(f"loss must be naive or chunked, got {loss!r}")
+    bits = parse_bits(activation_bits)
+    out: dict[str, Any] = {"activation_checkpointing": checkpointing}
+    if loss != "naive":
+        out["loss"] = loss
+    if bits is not None:
+        out["activation_bits"] = bits
+    if offload:
+        out["offload_activations"] = True
+    return out
+
+
 @dataclass(frozen=True)
 class _Static:
     """The batch-independent part of a plan."""
@@ -175,9 +198,10 @@ class _Static:
 
 
 def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fused_backward: bool,
-            grad_accum: int, activation_checkpointing: bool, recipe_kwargs: dict,
+            grad_accum: int, activation_checkpointing: bool | str, recipe_kwargs: dict,
             fused_refresh_from: str = "accumulated", world_size: int = 1,
-            parallel: str | None = None) -> _Static:
+            parallel: str | None = None, loss: str = "naive", activation_bits=None,
+            offload_activations: bool = False) -> _Static:
     from ..models import model_config
     from ..optim.layerwise import REFRESH_FROM, FusedRefused, fused_refusal
 
@@ -189,6 +213,7 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     if getattr(config, "model_type", None) not in _LLAMA_LIKE:
         raise ValueError(f"the activation model covers LLaMA-style decoders ({', '.join(_LLAMA_LIKE)}); "
                          f"got model_type={getattr(config, 'model_type', None)!r}")
+    levers = _levers(activation_checkpointing, loss, activation_bits, offload_activations)
     limit = getattr(config, "max_position_embeddings", None)
     if limit and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} exceeds the model's max_position_embeddings ({limit})")
@@ -211,6 +236,7 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     settings = dict(seq_len=seq_len, param_dtype=str(dtype).removeprefix("torch."), autocast=autocast,
                     fused_backward=fused_backward, grad_accum=grad_accum,
                     activation_checkpointing=activation_checkpointing, **recipe_kwargs)
+    settings.update(levers)
     if fused_backward and grad_accum > 1:
         settings["fused_refresh_from"] = fused_refresh_from
     weights = sum(p.numel() for p in meta.parameters()) * elem
@@ -238,9 +264,8 @@ def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seq_len = st.settings["seq_len"]
     act = saved_activation_bytes(st.shape, batch_size, seq_len, param_bytes=st.elem,
-                                 autocast=st.settings["autocast"],
-                                 checkpointing=st.settings["activation_checkpointing"])
-    backward_head = 2 * 4 * batch_size * seq_len * st.shape.vocab
+                                 **_activation_settings(st.settings))
+    backward_head = act["loss_chunk"] or 2 * 4 * batch_size * seq_len * st.shape.vocab
     if st.settings.get("zeroth_order"):  # one forward pass under no_grad: nothing is saved
         return _forward_only(st, batch_size, act, backward_head)
     details = {"parameters": st.parameters, **act, "backward_head": backward_head,
@@ -269,6 +294,12 @@ def _forward_only(st: _Static, batch_size: int, act: dict[str, int], loss_head: 
         temporaries=loss_head, details=details)
 
 
+def _activation_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return dict(autocast=settings["autocast"], checkpointing=settings["activation_checkpointing"],
+                loss=settings.get("loss", "naive"), activation_bits=settings.get("activation_bits"),
+                offload=settings.get("offload_activations", False))
+
+
 def _one_layer(st: _Static, batch_size: int) -> int:
     return saved_activation_bytes(st.shape, batch_size, st.settings["seq_len"], param_bytes=st.elem,
                                   autocast=st.settings["autocast"], checkpointing=True)["recompute"]
@@ -276,13 +307,20 @@ def _one_layer(st: _Static, batch_size: int) -> int:
 
 def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 256,
          param_dtype: str | torch.dtype = "float32", autocast: bool = False,
-         fused_backward: bool = False, grad_accum: int = 1, activation_checkpointing: bool = False,
+         fused_backward: bool = False, grad_accum: int = 1, activation_checkpointing: bool | str = False,
          fused_refresh_from: str = "accumulated", world_size: int = 1, parallel: str | None = None,
+         loss: str = "naive", activation_bits=None, offload_activations: bool = False,
          **recipe_kwargs) -> MemoryPlan:
     """Plan the memory of training ``model`` (preset name, local HF dir/config.json, or config)
     with ``recipe`` (a registry name; ``recipe_kwargs`` go to it, e.g. ``rank=128``).
     ``fused_refresh_from`` is ``fuse_backward``'s ``refresh_from``. ``parallel`` ("ddp" or "fsdp")
-    with ``world_size`` ranks plans one rank (``parallel.py``): ``batch_size`` is per rank."""
+    with ``world_size`` ranks plans one rank (``parallel.py``): ``batch_size`` is per rank.
+
+    Activation levers (``slimtrain.activations``): ``activation_checkpointing`` False, True
+    (transformers' own) or a policy "all" / "every:k" / "attn" / "mlp"
+    (``apply_activation_checkpointing``); ``loss`` "naive" or "chunked" (``use_chunked_loss``);
+    ``activation_bits`` None, 8 or "fp8" (``compressed_activations(model, bits)``, default size
+    threshold); ``offload_activations`` (``offload_activations(model)``, GPU runs)."""
     if parallel not in (None, "ddp", "fsdp"):
         raise ValueError(f"parallel must be ddp or fsdp (or None for one process), got {parallel!r}")
     if not isinstance(world_size, int) or world_size < 1:
@@ -292,7 +330,9 @@ def plan(model, recipe: str = "adamw", *, batch_size: int = 1, seq_len: int = 25
     static = _static(model, recipe, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
                      fused_backward=fused_backward, grad_accum=grad_accum,
                      activation_checkpointing=activation_checkpointing, recipe_kwargs=recipe_kwargs,
-                     fused_refresh_from=fused_refresh_from, world_size=world_size, parallel=parallel)
+                     fused_refresh_from=fused_refresh_from, world_size=world_size, parallel=parallel,
+                     loss=loss, activation_bits=activation_bits,
+                     offload_activations=offload_activations)
     return _with_batch(static, batch_size)
 
 

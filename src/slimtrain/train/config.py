@@ -62,8 +62,17 @@ class TrainConfig:
                    "4,096 tokens × 32k vocabulary 109 MiB of extra memory instead of 1,510, the same "
                    "loss to 1e-6), or auto: chunked on CPU (measured as fast or faster), naive on GPUs "
                    "(not yet measured there).")
-    activation_checkpointing: bool = _f(False, "Recompute activations in the backward pass "
-                                        "(less memory, ~30% more compute).")
+    activation_checkpointing: str = _f("none", "Recompute activations in the backward pass: all "
+                                       "(every decoder layer keeps only its input; ~30% more "
+                                       "compute), every:K (every K-th layer), attn or mlp (only "
+                                       "that block of each layer), or none.")
+    activation_bits: str = _f("none", "Keep the decoder layers' saved activations in 8-bit blocks "
+                              "(8: the dynamic-tree code, fp8: e4m3 codes; one float32 scale per "
+                              "256) instead of their dtype, decoded in backward (gradients change "
+                              "by the codes' rounding), or none.")
+    offload_activations: bool = _f(False, "GPU runs: keep the decoder layers' saved activations "
+                                   "in pinned host memory, copied on a side stream and back for "
+                                   "backward (refused on CPU: there is no device memory to save).")
     fused_backward: bool = _f(False, "Layer-wise updates: update each parameter in the backward pass "
                               "as soon as its gradient is complete, then free it (one gradient alive "
                               "at a time). --grad-clip then scales each step by the previous step's "
@@ -119,6 +128,12 @@ class TrainConfig:
                             f"{self.fused_refresh_from!r}")
         if self.schedule not in ("auto", "cosine", "constant"):
             raise UserError(f"--schedule must be auto, cosine or constant, got {self.schedule!r}")
+        from ..activations import parse_bits, parse_policy
+        for name, parse in (("activation_checkpointing", parse_policy), ("activation_bits", parse_bits)):
+            try:
+                parse(getattr(self, name))
+            except ValueError as err:
+                raise UserError(f"--{_flag(name)}: {err}") from None
         if self.loss not in ("auto", "naive", "chunked"):
             raise UserError(f"--loss must be auto, naive or chunked, got {self.loss!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -144,7 +159,10 @@ def _zeroth_order(name) -> bool:
 
 
 # Settings that a resumed run may change: none of them alters what is computed.
-RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out", "nproc"}
+# (activation checkpointing and offload change memory, not numbers: a run that ran out of memory
+# may resume with them)
+RESUMABLE_CHANGES = {"eval_every", "log_every", "save_every", "keep_last", "device", "out", "nproc",
+                     "activation_checkpointing", "offload_activations"}
 
 
 def _flag(name: str) -> str:
@@ -158,6 +176,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if "None" in kind:
             return None
         raise UserError(f"{where}: {name} cannot be empty")
+    if name == "activation_checkpointing" and isinstance(value, bool):  # written before policies
+        return "all" if value else "none"
+    if name == "activation_bits" and value == 8:  # YAML types a bare 8 as a number
+        return "8"
     expected = (bool if kind.startswith("bool") else int if kind.startswith("int")
                 else float if kind.startswith("float") else dict if kind.startswith("dict") else str)
     ok = (isinstance(value, expected) and not (expected is int and isinstance(value, bool))) or (

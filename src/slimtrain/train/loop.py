@@ -190,7 +190,7 @@ def train(run: Run, console: Console) -> dict[str, Any]:
                         oom = UserError(
                             f"a batch of {cfg.batch_size} × {cfg.seq_len} tokens does not fit in memory "
                             f"({first_line(err, 100)}); lower --batch-size (raise --grad-accum "
-                            "to keep the tokens per step) or pass --activation-checkpointing")
+                            "to keep the tokens per step) or pass --activation-checkpointing all")
                         oom.every_rank = False  # this rank's own: it says so itself
                         raise oom from None
                     raise

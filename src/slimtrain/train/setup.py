@@ -50,6 +50,7 @@ class Run:
     data_key: str = ""              # the data's fingerprint (with the fields read), kept in checkpoints
     dist: object = None             # the process group's view (train/distributed.py), None: one process
     train_module: torch.nn.Module | None = None  # what the training forward runs (DDP's wrapper)
+    saved_hooks: object = None      # --activation-bits / --offload-activations: saved-tensor hooks
 
 
 def _device(name: str) -> torch.device:
@@ -245,12 +246,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
         checkpoint.load_weights(ckpt, model)
         checkpoint.check_weights_belong(ckpt, model, state)  # the whole model, before any sharding
     model.to(device)
-    if config.activation_checkpointing:
-        model.config.use_cache = False
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    saved_hooks = _activation_levers(config, model, device)
     if loss_kind(config, device, model) == "chunked":
         try:
             use_chunked_loss(model)
@@ -282,7 +278,7 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     params = sum(p.numel() for p in model.parameters())
     run = Run(kind, config, run_dir, device, autocast, model, tokenizer, optimizer, scheduler, train,
               val, EpochOrder(len(train), config.seed), data_key=corpus_key, dist=dist,
-              train_module=train_module)
+              train_module=train_module, saved_hooks=saved_hooks)
     if config.fused_backward:  # before the checkpoint's optimizer state is loaded into it
         try:
             run.fused = optim.fuse_backward(train_module, optimizer, grad_accum=config.grad_accum,
@@ -298,6 +294,27 @@ def prepare(kind: str, config: TrainConfig, run_dir: Path, resume: Path | None,
     if ckpt is not None:
         _restore(run, ckpt, state)
     return run
+
+
+def _activation_levers(config: TrainConfig, model, device: torch.device):
+    """Selective activation checkpointing (in place, on the model's decoder layers), and the
+    saved-tensor hooks of --activation-bits / --offload-activations (entered around each
+    micro-batch's forward and backward), or None."""
+    from ..activations import (apply_activation_checkpointing, check_offload_device,
+                               compressed_activations, offload_activations, parse_bits)
+
+    try:
+        apply_activation_checkpointing(model, config.activation_checkpointing)
+        bits = parse_bits(config.activation_bits)
+        if config.offload_activations:
+            check_offload_device(device)
+            if bits is not None:
+                raise ValueError("--offload-activations and --activation-bits both store the saved "
+                                 "activations: pick one")
+            return offload_activations(model, device)
+        return None if bits is None else compressed_activations(model, bits)
+    except ValueError as err:
+        raise UserError(first_line(err)) from None
 
 
 def loss_kind(config: TrainConfig, device: torch.device, model) -> str:

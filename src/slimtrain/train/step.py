@@ -22,6 +22,12 @@ def _autocast(run: Run):
     return torch.autocast(run.device.type, dtype=run.autocast)
 
 
+def _saved_hooks(run: Run):
+    """--activation-bits / --offload-activations: how the layers' saved tensors are kept while a
+    micro-batch's forward and backward run."""
+    return run.saved_hooks if run.saved_hooks is not None else contextlib.nullcontext()
+
+
 def _sync(device: torch.device) -> None:
     """Wait for the device, so that a host timer measures the work and not its launch."""
     if device.type == "cuda":
@@ -90,7 +96,7 @@ def train_step(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | float | No
     for k, (ids, labels) in enumerate(batches):
         ids, labels = ids.to(run.device), labels.to(run.device)
         last = k == len(batches) - 1
-        with _autocast(run), _gradient_sync(run, last):
+        with _autocast(run), _gradient_sync(run, last), _saved_hooks(run):
             loss = module(input_ids=ids, labels=labels, num_items_in_batch=items).loss
             # from here on the weights change (layer-wise updates: inside the last backward), so
             # an error leaves them between two steps: no checkpoint is written of that state
