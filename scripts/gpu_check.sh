@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU acceptance in one command (under 5 minutes on one CUDA GPU): the CUDA tests (`pytest -m gpu`:
 # every recipe's step, the compiled low-bit kernel vs eager, peak allocated vs the planner, bf16),
-# the low-bit optimizer-step benchmark against torch fused AdamW, torchao and bitsandbytes, and a
+# the low-bit optimizer-step benchmark against torch fused AdamW, torchao and bitsandbytes, the
+# chunked loss's time against the naive one (what --loss auto should be on GPUs), and a
 # 50-step bf16 pretrain of the 60m preset (tokens/s, peak GPU memory). Writes gpu_report.md (or $1).
 # Without a GPU it says so in one line and exits 0. Exit status: 1 if any part failed.
 set -uo pipefail
@@ -29,7 +30,7 @@ fenced() { printf '```\n' >> "$REPORT"; cat "$1" >> "$REPORT"; printf '```\n' >>
                                   f'{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB')"
 } > "$REPORT"
 
-echo "gpu_check: 1/3 pytest -m gpu"
+echo "gpu_check: 1/4 pytest -m gpu"
 section "CUDA tests (pytest -m gpu)"
 timeout 180 "$PY" -m pytest -q -m gpu -rA -s -p no:cacheprovider tests > "$WORK/pytest.txt" 2>&1 \
     || failed=1
@@ -37,13 +38,19 @@ grep -E "passed|failed|error|peak allocated|^FAILED|^ERROR" "$WORK/pytest.txt" |
     > "$WORK/pytest_summary.txt"
 fenced "$WORK/pytest_summary.txt"
 
-echo "gpu_check: 2/3 low-bit optimizer step vs torch fused AdamW, torchao, bitsandbytes"
+echo "gpu_check: 2/4 low-bit optimizer step vs torch fused AdamW, torchao, bitsandbytes"
 section "Optimizer step on the GPU: LLaMA-60M shapes (benchmarks/lowbit_step.py --device cuda)"
 timeout 120 "$PY" benchmarks/lowbit_step.py --device cuda --rounds 20 > "$WORK/step.txt" 2>&1 \
     || failed=1
 grep -E "^\||LLaMA|Targets|Error" "$WORK/step.txt" >> "$REPORT" || tail -20 "$WORK/step.txt" >> "$REPORT"
 
-echo "gpu_check: 3/3 50-step bf16 pretrain of the 60m preset"
+echo "gpu_check: 3/4 chunked vs naive loss, whole-model forward + backward"
+section "Chunked vs naive loss on the GPU (benchmarks/loss_step_time.py --device cuda): decides --loss auto there"
+timeout 120 "$PY" benchmarks/loss_step_time.py --device cuda --presets 60m,130m --batch-size 8 \
+    --seq-len 1024 --rounds 10 > "$WORK/loss.txt" 2>&1 || failed=1
+grep -E "^\||^batch|Error" "$WORK/loss.txt" >> "$REPORT" || tail -20 "$WORK/loss.txt" >> "$REPORT"
+
+echo "gpu_check: 4/4 50-step bf16 pretrain of the 60m preset"
 section "50-step bf16 pretrain, 60m preset (slimtrain pretrain --model 60m --precision bf16)"
 timeout 180 "$PY" -m slimtrain pretrain --model 60m --steps 50 --precision bf16 --device cuda \
     --eval-every 50 --save-every 50 --out "$WORK/run" > "$WORK/pretrain.txt" 2>&1 || failed=1
