@@ -13,6 +13,7 @@ from slimtrain.optim.lowbit import fp8, native as lowbit_native
 from slimtrain.optim.lowbit.codec import dequantize_blocks, quantize_blocks
 
 from ..helpers import quiet, tiny_llama
+from .test_lowbit import relative_errors, synthetic
 
 
 def torch_e4m3(y):
@@ -203,26 +204,7 @@ def test_bad_state_bits_raise_one_clear_error(bad):
 
 
 # ----------------------------------------------------------------------------------- accuracy
-def synthetic(make_opt, steps=50):
-    """The same random gradients for both optimizers, independent of the weights: the difference
-    between the runs is the state quantization alone (bitsandbytes' protocol, as test_lowbit.py)."""
-    model = tiny_llama()
-    opt = quiet(make_opt, model)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        for p in model.parameters():
-            p.grad = torch.randn(p.shape, generator=gen) * 0.01
-        opt.step()
-    return model
-
-
-def relative_errors(model, reference, start):
-    """Per tensor ‖p − p_ref‖ / ‖p_ref − p_start‖: the error relative to the distance trained."""
-    return {n: ((p - r).norm() / (r - s).norm()).item()
-            for (n, p), r, s in zip(model.named_parameters(), reference.parameters(),
-                                    start.parameters())}
-
-
+# synthetic / relative_errors: bitsandbytes' protocol, shared with the 8- and 4-bit tests
 def worst(errors):
     name = max(errors, key=errors.get)
     return name, errors[name]
