@@ -28,7 +28,8 @@ def plan_command(
     recipe: str = typer.Option("adamw", "--recipe", "--optimizer",
                                help="Optimizer recipe (see `slimtrain optimizers`)."),
     rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's)."),
-    state_bits: Optional[int] = typer.Option(None, help="Optimizer-state precision, for recipes that take it."),
+    state_bits: Optional[str] = typer.Option(None, help="Optimizer-state precision, for recipes that take "
+                                             "it: 32, 16, 8, 4 or fp8."),
     optim_arg: Optional[list[str]] = typer.Option(None, "--optim-arg", help="Any other recipe option "
                                                   "as KEY=VALUE (repeatable), e.g. layers_active=2 "
                                                   "for lisa."),
@@ -84,6 +85,11 @@ def plan_command(
         _fail("--world-size needs --parallel ddp or --parallel fsdp")
     if budget is not None and parallel is not None:
         _fail("--budget plans one process; drop --parallel (or plan each setting with it)")
+    if state_bits is not None and state_bits != "fp8":
+        if not state_bits.isdigit():
+            _fail(f"--state-bits must be 32, 16, 8, 4 or fp8, got {state_bits!r}")
+            return
+        state_bits = int(state_bits)
     try:
         if budget is not None:
             limit = parse_bytes(budget)
