@@ -3,11 +3,12 @@
     python benchmarks/activation_memory.py [--models 60m,130m] [--seqs 1024,2048] [--batch-size 1]
                                            [--levers all] [--threads 2] [--device cpu]
 
-Each (model, sequence, levers) runs in its own fresh process: the preset in fp32, the levers
+Each (model, sequence, levers) runs in its own fresh process: the preset in fp32 (its positions
+raised to the sequence where it is longer than the preset's 1,024), the levers
 applied (``slimtrain.activations``), two AdamW steps of ``memory.measure`` on random tokens;
 printed are the activations it measured (the unique storages autograd saved — through the lever's
 hooks, what the lever keeps on the device — plus the logits returned), the planner's figure for
-the same settings (``memory.plan``; recomputation not counted, as it is not saved), the process's
+the same settings (``memory.plan`` of that config; recomputation not counted, as it is not saved), the process's
 peak resident set (CPU; on CUDA the allocator's peak) and the median forward + backward +
 step time, as a ratio to the plain run's.
 """
@@ -50,6 +51,9 @@ def one(model_name: str, seq: int, batch: int, levers: dict, device: str) -> dic
     from slimtrain.models import preset_config
 
     config = preset_config(model_name)
+    # the papers' presets stop at 1,024 positions; a longer sequence only needs more rotary
+    # positions to measure its memory (not to train well)
+    config.max_position_embeddings = max(config.max_position_embeddings, seq)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device)
     apply_activation_checkpointing(model, levers.get("activation_checkpointing"))
