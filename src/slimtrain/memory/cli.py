@@ -49,7 +49,8 @@ def plan_command(
              "attn or mlp (that block of every layer). With --budget: the one policy searched "
              "besides none (default: all)."),
     loss: str = typer.Option("naive", "--loss", help="naive (transformers' loss on the logits) or "
-                             "chunked (the logits never held whole)."),
+                             "chunked (the logits never held whole; what the trainer's --loss auto "
+                             "uses on CPU, naive on GPUs)."),
     activation_bits: Optional[str] = typer.Option(None, "--activation-bits", help="8 or fp8: the "
                                                   "decoder layers' saved activations in 8-bit blocks."),
     offload_activations: bool = typer.Option(False, "--offload-activations", help="GPU runs: the "
