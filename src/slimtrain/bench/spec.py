@@ -126,12 +126,9 @@ class BenchSettings:
     def mode(self) -> str:
         """"finetune" when the model is a directory with weights (trials start from them, as
         ``slimtrain finetune`` does), else "pretrain" (a preset, or a config without weights)."""
-        from pathlib import Path
+        from ..models.build import is_pretrained
 
-        from ..models.build import has_weights, is_preset
-
-        return ("finetune" if not is_preset(self.model) and Path(self.model).is_dir()
-                and has_weights(Path(self.model)) else "pretrain")
+        return "finetune" if is_pretrained(self.model) else "pretrain"
 
     def specs(self) -> list[MethodSpec]:
         return [parse_method(m) for m in self.methods]

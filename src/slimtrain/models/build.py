@@ -24,6 +24,11 @@ def has_weights(path: Path) -> bool:
     return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
 
 
+def is_pretrained(spec: str) -> bool:
+    """A local directory with weights: training starts from them (fine-tuning needs one)."""
+    return not is_preset(spec) and has_weights(Path(spec))
+
+
 def config_for(spec: str):
     """``model_config`` with its complaints turned into user errors."""
     try:
@@ -34,7 +39,7 @@ def config_for(spec: str):
 
 def check_pretrained(spec: str) -> None:
     """Fine-tuning needs weights to start from: a directory that holds them."""
-    if is_preset(spec) or not has_weights(Path(spec)):
+    if not is_pretrained(spec):
         raise UserError(f"fine-tuning needs pretrained weights, but {spec!r} is "
                         f"{'a preset' if is_preset(spec) else 'a directory without weights'}; pass a "
                         "local directory with config.json and model.safetensors (e.g. a checkpoint)")
@@ -50,7 +55,7 @@ def build_model(spec: str, seed: int) -> torch.nn.Module:
     path = Path(spec)
     torch.manual_seed(seed)  # fresh weights are a function of the seed
     try:
-        if not is_preset(spec) and has_weights(path):
+        if is_pretrained(spec):
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
                                                          dtype=torch.float32)
         else:

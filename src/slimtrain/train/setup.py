@@ -15,7 +15,9 @@ from .. import optim
 from ..data import (Blocks, EpochOrder, cached_bpe, default_corpus, fingerprint, iter_records,
                     load_tokenizer, tokenized)
 from .._warnings import warn
-from ..activations import supports_chunked_loss, use_chunked_loss
+from ..activations import (apply_activation_checkpointing, check_offload_device,
+                           compressed_activations, offload_activations, parse_bits,
+                           supports_chunked_loss, use_chunked_loss)
 from ..errors import UserError, first_line
 from ..userinput import did_you_mean
 from ..models import build_model, check_pretrained, config_for, is_preset
@@ -300,9 +302,6 @@ def _activation_levers(config: TrainConfig, model, device: torch.device):
     """Selective activation checkpointing (in place, on the model's decoder layers), and the
     saved-tensor hooks of --activation-bits / --offload-activations (entered around each
     micro-batch's forward and backward), or None."""
-    from ..activations import (apply_activation_checkpointing, check_offload_device,
-                               compressed_activations, offload_activations, parse_bits)
-
     try:
         apply_activation_checkpointing(model, config.activation_checkpointing)
         bits = parse_bits(config.activation_bits)
