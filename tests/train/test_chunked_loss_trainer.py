@@ -16,6 +16,8 @@ def run_once(model_dir, corpus, out, *extra):
     result = cli("pretrain", *base_args(model_dir, corpus, out, steps=8, batch_size=4,
                                         save_every=4), *extra)
     assert result.exit_code == 0, result.stderr
+    # the run says which loss it trains with: a chunked run that silently fell back would not
+    assert ("loss: chunked" in result.stdout) == ("chunked" in extra), result.stdout
     return out
 
 
