@@ -75,22 +75,21 @@ def test_plan_records_the_levers_and_keeps_the_bool_api():
 
 
 def test_budget_search_includes_the_levers():
+    """The levers given apply to every setting searched (more: tests/memory/test_budget_levers.py)."""
     from slimtrain.memory import fitting_settings, parse_bytes
 
     budget = parse_bytes("64MiB")
-    plain = fitting_settings(budget, "tiny", seq_len=256, recipes=["adamw"])
+    plain = fitting_settings(budget, "tiny", seq_len=256, recipes=["adamw"], loss="naive",
+                             checkpointing="none", activation_bits=None, offload_activations=False)
     levers = fitting_settings(budget, "tiny", seq_len=256, recipes=["adamw"],
                               checkpointing=("none", "every:2", "all"), loss="chunked",
                               activation_bits=8)
-    policies = {f.settings["activation_checkpointing"] for f in levers}
-    assert policies == {False, "every:2", "all"}
-    best = lambda fits, ckpt: max(f.max_batch for f in fits  # noqa: E731
-                                  if f.settings["activation_checkpointing"] == ckpt)
-    assert best(levers, False) > best(plain, False) and best(levers, "all") > best(levers, "every:2")
+    assert {f.settings["activation_checkpointing"] for f in levers} <= {False, "every:2", "all"}
+    assert all(f.settings["loss"] == "chunked" and f.settings["activation_bits"] == 8 for f in levers)
+    assert max(f.max_batch for f in levers) > max(f.max_batch for f in plain)
     for f in levers:  # each listed batch is the largest under the budget
-        kwargs = dict(f.settings, loss="chunked", activation_bits=8)
-        assert plan("tiny", "adamw", batch_size=f.max_batch, seq_len=256, **kwargs).total <= budget < \
-            plan("tiny", "adamw", batch_size=f.max_batch + 1, seq_len=256, **kwargs).total
+        assert plan("tiny", "adamw", batch_size=f.max_batch, seq_len=256, **f.settings).total <= budget < \
+            plan("tiny", "adamw", batch_size=f.max_batch + 1, seq_len=256, **f.settings).total
 
 
 def test_cli_plan_takes_the_lever_flags():

@@ -147,12 +147,9 @@ def test_budget_lists_settings_that_fit_best_first():
     fits = fitting_settings(budget, "60m", seq_len=256)
     assert fits
     assert [f.state_bytes for f in fits] == sorted((f.state_bytes for f in fits), reverse=True)
-    for f in fits[:4]:
-        kwargs = {k: v for k, v in f.settings.items() if k in ("rank", "state_bits")}
-        kwargs.update(activation_checkpointing=f.settings["activation_checkpointing"],
-                      fused_backward=f.settings["fused_backward"])
-        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256, **kwargs)
-        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256, **kwargs)
+    for f in fits[:4]:  # the settings are plan()'s keywords: rank, state bits, the levers, …
+        at = plan("60m", f.recipe, batch_size=f.max_batch, seq_len=256, **f.settings)
+        above = plan("60m", f.recipe, batch_size=f.max_batch + 1, seq_len=256, **f.settings)
         assert at.total <= budget < above.total
     assert rank_ladder(512) == [256, 128, 64]
 

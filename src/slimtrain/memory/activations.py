@@ -146,6 +146,17 @@ def _uncheckpointed_linear_params(s: LlamaShape, policy) -> int:
     return s.layers * {"none": attn + mlp, "attn": mlp, "mlp": attn}[kind]
 
 
+LOSSES = ("naive", "chunked")
+
+
+def check_loss(loss: str) -> str:
+    """``loss`` if it is one the activation model covers (``LOSSES``), else a one-line ValueError;
+    the planner's and the budget search's check too."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be naive or chunked, got {loss!r}")
+    return loss
+
+
 def saved_activation_bytes(s: LlamaShape, batch: int, seq: int, *, param_bytes: int = 4,
                            autocast: bool = False, checkpointing: bool | str = False,
                            loss: str = "naive", chunk_size: int | None = None,
@@ -162,8 +173,7 @@ def saved_activation_bytes(s: LlamaShape, batch: int, seq: int, *, param_bytes: 
     ``checkpointing``: False / None, True (transformers' own), or a policy ("all", "every:k",
     "attn", "mlp"; see the module docstring for the other levers).
     """
-    if loss not in ("naive", "chunked"):
-        raise ValueError(f"loss must be naive or chunked, got {loss!r}")
+    check_loss(loss)
     bits = parse_bits(activation_bits)
     T = batch * seq
     e = param_bytes

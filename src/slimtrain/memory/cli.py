@@ -27,9 +27,12 @@ def plan_command(
                                           "too) or a local directory / config.json in Hugging Face layout."),
     recipe: str = typer.Option("adamw", "--recipe", "--optimizer",
                                help="Optimizer recipe (see `slimtrain optimizers`)."),
-    rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's)."),
+    rank: Optional[int] = typer.Option(None, help="Rank for projected recipes (default: the recipe's; "
+                                      "with --budget: the ranks h/2, h/4, h/8 are searched)."),
     state_bits: Optional[str] = typer.Option(None, help="Optimizer-state precision, for recipes that take "
-                                             "it: 32, 16, 8, 4 or fp8."),
+                                             "it: 32, 16, 8, 4 or fp8 (with --budget: 32, 8 and fp8 "
+                                             "are searched; fp8 is listed only where it plans "
+                                             "otherwise than 8)."),
     optim_arg: Optional[list[str]] = typer.Option(None, "--optim-arg", help="Any other recipe option "
                                                   "as KEY=VALUE (repeatable), e.g. layers_active=2 "
                                                   "for lisa."),
@@ -38,25 +41,38 @@ def plan_command(
     param_dtype: str = typer.Option("float32", help="Parameter dtype: float32 or bfloat16 (the papers use "
                                                     "pure bfloat16)."),
     autocast: bool = typer.Option(False, help="bf16 autocast over float32 parameters."),
-    fused_backward: bool = typer.Option(False, help="Layer-wise updates: one gradient alive at a time."),
+    fused_backward: Optional[bool] = typer.Option(
+        None, "--fused-backward/--no-fused-backward", help="Layer-wise updates: one gradient alive at "
+        "a time (default: off; with --budget both are searched)."),
     grad_accum: int = typer.Option(1, help="Gradient-accumulation micro-batches (matters with --fused-backward)."),
     fused_refresh_from: str = typer.Option("accumulated", help="With --fused-backward and --grad-accum > 1: a "
                                            "refreshing basis comes from the 'accumulated' gradient (the first "
                                            "step holds every gradient in full) or the 'first' micro-batch."),
     activation_checkpointing: Optional[str] = typer.Option(
         None, "--activation-checkpointing", metavar="POLICY",
-        help="Recompute in backward: all (each layer keeps its input), every:K (layers 0, K, 2K, …), "
-             "attn or mlp (that block of every layer). With --budget: the one policy searched "
-             "besides none (default: all)."),
-    loss: str = typer.Option("naive", "--loss", help="naive (transformers' loss on the logits) or "
-                             "chunked (the logits never held whole; what the trainer's --loss auto "
-                             "uses on CPU, naive on GPUs)."),
-    activation_bits: Optional[str] = typer.Option(None, "--activation-bits", help="8 or fp8: the "
-                                                  "decoder layers' saved activations in 8-bit blocks."),
-    offload_activations: bool = typer.Option(False, "--offload-activations", help="GPU runs: the "
-                                             "decoder layers' saved activations in pinned host memory."),
-    budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: list the recipes "
-                                                    "and settings that fit, best first, with their largest batch."),
+        help="Recompute in backward: none, all (each layer keeps its input), every:K (layers 0, K, "
+             "2K, …), attn or mlp (that block of every layer). Default none; with --budget none, "
+             "attn, every:2, mlp and all are searched unless one is given."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="naive (transformers' loss on the logits; "
+                                       "the default) or chunked (the logits never held whole; what "
+                                       "the trainer's --loss auto uses on CPU, naive on GPUs). With "
+                                       "--budget both are searched unless one is given."),
+    activation_bits: Optional[str] = typer.Option(None, "--activation-bits", help="none, 8 or fp8: the "
+                                                  "decoder layers' saved activations in 8-bit blocks "
+                                                  "(default none; with --budget all three are searched "
+                                                  "unless one is given)."),
+    offload_activations: Optional[bool] = typer.Option(
+        None, "--offload-activations/--no-offload-activations", help="GPU runs: the decoder layers' "
+        "saved activations in pinned host memory (default off; with --budget searched for a cuda "
+        "--device unless one is given; not with --activation-bits, as the trainer refuses)."),
+    device: str = typer.Option("cuda", "--device", help="The device planned: cuda (or cuda:N) or cpu. "
+                               "Activation offload needs cuda (the trainer refuses it elsewhere)."),
+    budget: Optional[str] = typer.Option(None, help="A memory budget such as 24GiB or 80GB: search the recipes, "
+                                                    "ranks, state bits, fused backward and the activation "
+                                                    "levers (loss, checkpointing, activation bits, offload) "
+                                                    "and list the settings that fit, best first, with their "
+                                                    "largest batch; a value given for any of them restricts "
+                                                    "the search to it."),
     top: int = typer.Option(15, help="With --budget: how many settings to list."),
     world_size: int = typer.Option(1, "--world-size", help="Data-parallel ranks (with --parallel): "
                                    "the plan is one rank's, --batch-size per rank."),
@@ -68,7 +84,8 @@ def plan_command(
                                                       "BF16 states) and show them beside the paper's figures."),
 ) -> None:
     """What a training run needs in memory, part by part (GiB = 2^30 bytes) — or, with --budget,
-    which recipes and settings fit."""
+    which recipes and settings fit: for each optimizer setting the activation levers are tried
+    cheapest first, and one is listed only where it fits a larger batch than the cheaper ones."""
     from ..userinput import key_values
     from .budget import fitting_settings
     from .planner import PARTS, plan
@@ -86,29 +103,43 @@ def plan_command(
         _fail("--world-size needs --parallel ddp or --parallel fsdp")
     if budget is not None and parallel is not None:
         _fail("--budget plans one process; drop --parallel (or plan each setting with it)")
+    if budget is not None and (batch_size != 1 or grad_accum != 1 or optim_arg):
+        _fail("--budget searches the largest batch, without gradient accumulation or --optim-arg; "
+              "drop --batch-size, --grad-accum and --optim-arg (or plan one setting with them)")
     if state_bits is not None and state_bits != "fp8":
         if not state_bits.isdigit():
             _fail(f"--state-bits must be 32, 16, 8, 4 or fp8, got {state_bits!r}")
             return
         state_bits = int(state_bits)
+    if not (device in ("cpu", "cuda") or device.startswith("cuda:") and device[5:].isdigit()):
+        _fail(f"--device must be cuda, cuda:N or cpu, got {device!r}")
     try:
         if budget is not None:
+            from .budget import ACTIVATION_BITS, CHECKPOINTING, FUSED, LOSSES, OFFLOAD, STATE_BITS
+
             limit = parse_bytes(budget)
-            fits = fitting_settings(limit, model, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
-                                    recipes=[recipe] if recipe != "adamw" or rank or state_bits else None,
-                                    checkpointing=("none", activation_checkpointing or "all"),
-                                    loss=loss, activation_bits=activation_bits,
-                                    offload_activations=offload_activations)
+            given = lambda value, default: default if value is None else value  # noqa: E731
+            fits = fitting_settings(
+                limit, model, seq_len=seq_len, param_dtype=param_dtype, autocast=autocast,
+                recipes=[recipe] if recipe != "adamw" or rank or state_bits else None,
+                ranks=None if rank is None else [rank], state_bits=given(state_bits, STATE_BITS),
+                fused_backward=given(fused_backward, FUSED),
+                checkpointing=given(activation_checkpointing, CHECKPOINTING), loss=given(loss, LOSSES),
+                activation_bits=given(activation_bits, ACTIVATION_BITS),
+                offload_activations=given(offload_activations, OFFLOAD), device=device)
             _print_fits(fits[:top], limit, model, seq_len, as_json)
             return
+        if offload_activations and device == "cpu":
+            _fail("--offload-activations moves saved activations from GPU to host memory; on cpu "
+                  "they are already in host memory (drop the flag)")
         kwargs = {**key_values(optim_arg),
                   **{k: v for k, v in (("rank", rank), ("state_bits", state_bits)) if v is not None}}
         result = plan(model, recipe, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
-                      autocast=autocast, fused_backward=fused_backward, grad_accum=grad_accum,
+                      autocast=autocast, fused_backward=bool(fused_backward), grad_accum=grad_accum,
                       activation_checkpointing=activation_checkpointing or False,
                       fused_refresh_from=fused_refresh_from, world_size=world_size,
-                      parallel=parallel, loss=loss, activation_bits=activation_bits,
-                      offload_activations=offload_activations, **kwargs)
+                      parallel=parallel, loss=loss or "naive", activation_bits=activation_bits,
+                      offload_activations=bool(offload_activations), **kwargs)
     except (ValueError, OSError) as error:  # the planner's and the config's complaints
         _fail(str(error))
         return
@@ -167,16 +198,15 @@ def _print_fits(fits, limit: int, model: str, seq_len: int, as_json: bool) -> No
                       "even at batch 1. Try bfloat16 parameters, a shorter sequence, or a smaller model.")
         return
     table = Table(title=f"{model}, seq {seq_len}: settings that fit {limit / 2**30:.2f} GiB (best first)")
-    for col in ("recipe", "rank", "state bits", "fused backward", "checkpointing", "max batch",
+    for col in ("recipe", "rank", "state bits", "fused backward", "activation levers", "max batch",
                 "total GiB", "optimizer GiB"):
         table.add_column(col)
     for f in fits:
         s = f.settings
         table.add_row(f.recipe, str(s.get("rank", "–")), str(s.get("state_bits", "–")),
-                      "yes" if s["fused_backward"] else "no", _policy(s["activation_checkpointing"]),
+                      "yes" if s["fused_backward"] else "no", ", ".join(f.levers) or "none",
                       str(f.max_batch), f"{f.total / 2**30:.2f}", f"{f.state_bytes / 2**30:.2f}")
     console.print(table)
-
-
-def _policy(value) -> str:
-    return "no" if not value else ("yes" if value is True else str(value))
+    if any(f.host_bytes for f in fits):
+        console.print("Offloaded activations are held in pinned host memory besides the budget "
+                      "(--json: host_bytes).")

@@ -31,12 +31,13 @@ package's tests and the project README reconcile them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from .activations import LlamaShape, saved_activation_bytes
+from .activations import LlamaShape, check_loss, saved_activation_bytes
 
 PARTS = ("weights", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -166,9 +167,11 @@ def _levers(checkpointing, loss, activation_bits, offload) -> dict[str, Any]:
         kind, k = parse_policy(checkpointing)
         checkpointing = False if kind == "none" else ("all" if kind == "every" and k == 1 else
                                                       f"every:{k}" if kind == "every" else kind)
-    if loss not in ("naive", "chunked"):
-        raise ValueError(f"loss must be naive or chunked, got {loss!r}")
+    check_loss(loss)
     bits = parse_bits(activation_bits)
+    if offload and bits is not None:  # as the trainer refuses it (train/setup.py)
+        raise ValueError("offload_activations and activation_bits both store the saved activations: "
+                         "pick one")
     out: dict[str, Any] = {"activation_checkpointing": checkpointing}
     if loss != "naive":
         out["loss"] = loss
@@ -197,13 +200,23 @@ class _Static:
     extra: dict[str, int] = field(default_factory=dict)  # parallel runs: communication, buffers
 
 
-def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fused_backward: bool,
-            grad_accum: int, activation_checkpointing: bool | str, recipe_kwargs: dict,
-            fused_refresh_from: str = "accumulated", world_size: int = 1,
-            parallel: str | None = None, loss: str = "naive", activation_bits=None,
-            offload_activations: bool = False) -> _Static:
+def _static(model, recipe: str, *, fused_backward: bool, **kwargs) -> _Static:
+    (static,) = _statics(model, recipe, fused_options=(fused_backward,), **kwargs)
+    if isinstance(static, Exception):
+        raise static
+    return static
+
+
+def _statics(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool,
+             fused_options: tuple[bool, ...], grad_accum: int, activation_checkpointing: bool | str,
+             recipe_kwargs: dict, fused_refresh_from: str = "accumulated", world_size: int = 1,
+             parallel: str | None = None, loss: str = "naive", activation_bits=None,
+             offload_activations: bool = False) -> list[_Static | Exception]:
+    """One ``_Static`` per value of ``fused_backward`` in ``fused_options`` (ordinary backward and
+    layer-wise updates share the model and optimizer built once), or the ``FusedRefused`` error
+    where the recipe refuses layer-wise updates."""
     from ..models import model_config
-    from ..optim.layerwise import REFRESH_FROM, FusedRefused, fused_refusal
+    from ..optim.layerwise import REFRESH_FROM, FusedRefused
 
     if seq_len < 1 or grad_accum < 1:
         raise ValueError(f"seq_len and grad_accum must be >= 1 (got {seq_len}, {grad_accum})")
@@ -226,6 +239,25 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
     if not hasattr(optimizer, "planned_state_bytes"):
         raise ValueError(f"recipe {recipe!r} does not report its planned state bytes")
     zeroth_order = bool(getattr(optimizer, "zeroth_order", False))
+    out: list[_Static | Exception] = []
+    for fused_backward in fused_options:
+        try:
+            out.append(_one_static(model, recipe, config, meta, optimizer, elem, dtype, zeroth_order,
+                                   levers, seq_len=seq_len, autocast=autocast,
+                                   fused_backward=fused_backward, grad_accum=grad_accum,
+                                   activation_checkpointing=activation_checkpointing,
+                                   recipe_kwargs=recipe_kwargs, fused_refresh_from=fused_refresh_from,
+                                   world_size=world_size, parallel=parallel))
+        except FusedRefused as refused:
+            out.append(refused)
+    return out
+
+
+def _one_static(model, recipe, config, meta, optimizer, elem, dtype, zeroth_order, levers, *,
+                seq_len, autocast, fused_backward, grad_accum, activation_checkpointing,
+                recipe_kwargs, fused_refresh_from, world_size, parallel) -> _Static:
+    from ..optim.layerwise import FusedRefused, fused_refusal
+
     if zeroth_order and fused_backward:
         raise FusedRefused(f"recipe {recipe!r} is zeroth-order: it runs no backward pass, so there "
                            "is nothing to fuse (plan it without fused backward)")
@@ -259,12 +291,22 @@ def _static(model, recipe: str, *, seq_len: int, param_dtype, autocast: bool, fu
                    settings=settings, extra=extra)
 
 
+def _with_levers(st: _Static, checkpointing: bool | str = False, loss: str = "naive",
+                 activation_bits=None, offload_activations: bool = False) -> _Static:
+    """``st`` with other activation levers: they change the activations and temporaries only
+    (``_with_batch``), never the weights, gradients or optimizer state, so the budget search builds
+    each optimizer once and tries the levers on it."""
+    settings = {k: v for k, v in st.settings.items()
+                if k not in ("activation_checkpointing", "loss", "activation_bits", "offload_activations")}
+    return replace(st, settings={**settings, **_levers(checkpointing, loss, activation_bits,
+                                                       offload_activations)})
+
+
 def _with_batch(st: _Static, batch_size: int) -> MemoryPlan:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seq_len = st.settings["seq_len"]
-    act = saved_activation_bytes(st.shape, batch_size, seq_len, param_bytes=st.elem,
-                                 **_activation_settings(st.settings))
+    act = dict(_saved_bytes(st.shape, batch_size, seq_len, st.elem, **_activation_settings(st.settings)))
     backward_head = act["loss_chunk"] or 2 * 4 * batch_size * seq_len * st.shape.vocab
     if st.settings.get("zeroth_order"):  # one forward pass under no_grad: nothing is saved
         return _forward_only(st, batch_size, act, backward_head)
@@ -292,6 +334,16 @@ def _forward_only(st: _Static, batch_size: int, act: dict[str, int], loss_head: 
         weights=st.weights, gradients=0, optimizer_states=st.states["states"],
         projectors=st.states["projectors"], activations=act["logits"] + layer,
         temporaries=loss_head, details=details)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _saved_bytes(shape, batch_size, seq_len, elem, autocast, checkpointing, loss, activation_bits,
+                 offload) -> dict[str, int]:
+    """``saved_activation_bytes``, remembered: the budget search asks the same activations of
+    every optimizer setting (they do not depend on it). Callers copy the dict."""
+    return saved_activation_bytes(shape, batch_size, seq_len, param_bytes=elem, autocast=autocast,
+                                  checkpointing=checkpointing, loss=loss,
+                                  activation_bits=activation_bits, offload=offload)
 
 
 def _activation_settings(settings: dict[str, Any]) -> dict[str, Any]:
