@@ -156,6 +156,8 @@ def main():
 
     kernel = ("C, AVX-512" if lowbit_native.simd_width() == 16 else "C, auto-vectorized"
               ) if lowbit_native.available() and args.device == "cpu" else "torch.compile"
+    if kernel.startswith("C"):
+        kernel += "; fp8: " + ("AVX2" if lowbit_native.fp8_simd_width() == 8 else "auto-vectorized")
     where = (f"{args.threads} thread(s)" if args.device == "cpu"
              else torch.cuda.get_device_name(args.device))
     print(f"LLaMA-60M shapes: {numel / 1e6:.2f}M parameters, {where}, {args.rounds} "

@@ -92,6 +92,81 @@ def test_second_moment_never_flushes_to_zero():
     assert signed[0, 1:].max() == 0  # the first moment keeps its zero
 
 
+# ----------------------------------------------------------------------------------- expansion
+def test_expansion_index_is_the_largest_quarter_step_keeping_the_smallest_value():
+    """j (k = j/4) per block: 448·(absmin/absmax)^(j/4) ≥ 2⁻⁹ and, below 16, one more quarter step
+    would not be (checked in float64 away from the float32 boundary); between 1 and 16."""
+    g = torch.Generator().manual_seed(0)
+    decades = torch.linspace(0.1, 12, 400)
+    x = 10.0 ** (-decades[:, None] * torch.rand(400, 256, generator=g))  # range up to 10^12
+    x = x * torch.randn(400, 256, generator=g).sign()
+    _, absmax, j = quantize_blocks(x, "e4m3x", 8)
+    r = (x.abs().amin(1) / absmax).double()
+    j = j.double()
+    assert j.min() >= 1 and j.max() <= 16 and len(j.unique()) > 8
+    low = 448 * r ** (j / 4)
+    high = 448 * r ** ((j + 1) / 4)
+    clear = ((low / 2**-9 - 1).abs() > 1e-4) & ((high / 2**-9 - 1).abs() > 1e-4)
+    assert ((low >= 2**-9) | (j == 1))[clear].all()
+    assert ((high < 2**-9) | (j == 16))[clear].all()
+
+
+def test_expanded_blocks_keep_every_value_and_are_finer_than_plain_e4m3():
+    """No nonzero value of a block flushes to 0 (its smallest lands on a code ≥ 1), and on narrow
+    blocks — the usual case for Adam's moments — the round trip is several times finer than plain
+    e4m3's; a block of zeros stays 0; V never takes code 0."""
+    g = torch.Generator().manual_seed(1)
+    # magnitudes over two decades per block: plain e4m3 uses 3 mantissa bits everywhere, expansion
+    # (k ≈ 2.5) spends the whole code range on them
+    x = torch.randn(256, 256, generator=g).sign() * 10.0 ** (-2 * torch.rand(256, 256, generator=g))
+    x[7] = 0.0
+    x[9, 5:] = 0.0
+    expanded = dequantize_blocks(*quantize_blocks(x, "e4m3x", 8)[:2], "e4m3x", 8,
+                                 expand=quantize_blocks(x, "e4m3x", 8)[2])
+    plain = dequantize_blocks(*quantize_blocks(x, "e4m3", 8), "e4m3", 8)
+    nonzero = x != 0
+    assert (expanded[nonzero] != 0).all() and (expanded[~nonzero] == 0).all()
+    assert torch.equal(expanded.sign(), x.sign())
+    err_x = ((expanded - x).abs() / x.abs())[nonzero].mean()
+    err_p = ((plain - x).abs() / x.abs())[nonzero].mean()
+    assert err_x < 0.5 * err_p, (err_x, err_p)
+    v = x.abs()
+    codes, absmax, j = quantize_blocks(v, "e4m3x+", 8)
+    assert codes[absmax > 0].min() >= 1
+    assert (dequantize_blocks(codes, absmax, "e4m3x+", 8, expand=j)[7] == 0).all()
+
+
+def test_expanded_table_row_4_is_plain_e4m3_and_row_0_stands_for_it():
+    table = fp8.expanded_table()
+    plain = fp8.e4m3_values(torch.arange(256)) / 448
+    finite = ~plain.isnan()
+    assert torch.equal(table[0].nan_to_num(3.0), table[4].nan_to_num(3.0))
+    assert torch.allclose(table[4][finite], plain[finite], rtol=2**-23, atol=0)
+    assert table[4, 0x7E] == 1.0 and table[16, 0x7E] == 1.0 and table[1, 0xFE] == -1.0
+
+
+def test_an_fp8_state_saved_before_expansion_loads_as_plain_codes():
+    """A state without the ``*_expand`` parts (plain e4m3 codes) restores with k = 1 and steps on."""
+    model = tiny_llama(hidden=32, layers=2)
+    opt = make("adamw", model)
+    run_steps(opt, model, 0, 2)
+    sd = opt.state_dict()
+    expected = [opt.moment(p, "exp_avg_sq").clone() for p in model.parameters()]
+    old = {i: {k: (torch.zeros_like(v) if k.endswith("_expand") else v) for k, v in st.items()}
+           for i, st in sd["state"].items()}
+    sd_plain = {**sd, "state": {i: {k: v for k, v in st.items() if not k.endswith("_expand")}
+                                for i, st in old.items()}}
+    assert any(k.endswith("_expand") for st in sd["state"].values() for k in st)
+    resumed = make("adamw", model)
+    resumed.load_state_dict(sd_plain)
+    for p, e in zip(model.parameters(), expected):
+        st = resumed.state[p]
+        assert all(not k.endswith("_expand") or (v == 0).all() for k, v in st.items())
+        got = resumed.moment(p, "exp_avg_sq")
+        assert got.shape == e.shape and torch.isfinite(got).all()
+    run_steps(resumed, model, 2, 1)
+
+
 # ----------------------------------------------------------------------------------- kernel
 def fp8_run(fused, dtype=torch.float32, shape=(37, 300), steps=4, portable=False, monkeypatch=None,
             projected=False):
@@ -104,8 +179,11 @@ def fp8_run(fused, dtype=torch.float32, shape=(37, 300), steps=4, portable=False
     if portable:
         monkeypatch.setenv("SLIMTRAIN_NATIVE", "portable")
     for _ in range(steps):
-        # a wide range of magnitudes along each row: subnormal codes and the no-zero rule are hit
-        p.grad = (torch.randn(shape, generator=g) * torch.logspace(-7, 0, shape[-1])).to(dtype)
+        # ranges of magnitudes from 1 to 10^7 along a row (every fourth row narrow, every fourth
+        # 7 decades): every expansion exponent j, subnormal codes and the no-zero rule are hit
+        spread = (torch.arange(shape[0]) % 4 / 3).unsqueeze(1)
+        p.grad = (torch.randn(shape, generator=g) * torch.logspace(-7, 0, shape[-1]) ** spread
+                  ).to(dtype)
         opt.step()
     return [p.detach().clone(), *(t.clone() for t in opt.state[p].values())]
 
@@ -114,7 +192,7 @@ def fp8_run(fused, dtype=torch.float32, shape=(37, 300), steps=4, portable=False
 @pytest.mark.parametrize("path", ["simd", "portable", "projected"])
 def test_c_kernel_equals_eager_reference(dtype, path, monkeypatch):
     assert lowbit_native.available(), "no C compiler here? the native kernel must build in CI"
-    assert lowbit_native.supports(torch.device("cpu"), torch.float32, ((8, "e4m3"), (8, "e4m3+")),
+    assert lowbit_native.supports(torch.device("cpu"), torch.float32, ((8, "e4m3x"), (8, "e4m3x+")),
                                   torch.float32, torch.float32)
     calls = []
     real = lowbit_native.adam_step
@@ -210,20 +288,21 @@ def worst(errors):
     return name, errors[name]
 
 
-# Measured after 50 steps at lr 1e-3, worst tensor: fp8 0.052, torchao's AdamWFp8 0.052 (the same
-# e4m3 codes, 3 mantissa bits), the 8-bit dynamic tree 0.020 (test_lowbit.py). Budget 0.08.
+# Measured after 50 steps at lr 1e-3, worst tensor: fp8 with expansion 0.029, torchao's AdamWFp8
+# (plain e4m3, no expansion) 0.052, the 8-bit dynamic tree 0.020 (test_lowbit.py). Budget 0.04: plain
+# e4m3 codes would fail it.
 def test_fp8_adamw_tracks_fp32_adamw():
     start = tiny_llama()
     reference = synthetic(lambda m: so.AdamW(m, lr=1e-3))
     name, error = worst(relative_errors(
         synthetic(lambda m: so.AdamW(m, lr=1e-3, state_bits="fp8")), reference, start))
-    assert error < 0.08, f"{name}: relative error {error:.4f}"
+    assert error < 0.04, f"{name}: relative error {error:.4f}"
 
 
-def test_fp8_adamw_matches_torchao_adamwfp8():
+def test_fp8_adamw_is_closer_to_fp32_than_torchao_adamwfp8():
     """torchao's AdamWFp8 (block 256, e4m3 scaled by absmax/448, tensors under 4096 elements in
-    fp32, as ours): each within 0.08 of its own fp32 AdamW, and within 0.005 of each other (measured:
-    worst tensor 0.0005 apart; they differ in rounding the scale and in V's zero code)."""
+    fp32, as ours, but no dynamic range expansion): within 0.08 of its own fp32 AdamW; ours, with
+    expansion, under 0.75× its error (measured: 0.029 vs 0.052, worst tensor)."""
     torchao_optim = pytest.importorskip("torchao.optim")
     start = tiny_llama()
     torch_adamw = synthetic(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3))
@@ -234,5 +313,5 @@ def test_fp8_adamw_matches_torchao_adamwfp8():
         pytest.skip(f"torchao AdamWFp8 does not run here: {type(err).__name__}: {err}")
     _, theirs_error = worst(relative_errors(theirs, torch_adamw, start))
     assert theirs_error < 0.08, theirs_error
-    name, apart = worst(relative_errors(ours, theirs, start))
-    assert apart < 0.005, f"{name}: ours and torchao's AdamWFp8 differ by {apart:.4f}"
+    name, ours_error = worst(relative_errors(ours, torch_adamw, start))
+    assert ours_error < 0.75 * theirs_error, f"{name}: ours {ours_error:.4f}, torchao {theirs_error:.4f}"

@@ -23,12 +23,27 @@ def plain(model_dir, corpus, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("policy", ["every:2", "attn", "mlp"])
+# the test model has 2 decoder layers: every:2 wraps layer 0; attn and mlp a block of each
+@pytest.mark.parametrize("policy, wrapped", [("every:2", ["LlamaDecoderLayer"]),
+                                              ("attn", ["LlamaAttention"] * 2),
+                                              ("mlp", ["LlamaMLP"] * 2)])
 def test_each_checkpointing_policy_recomputes_the_same_numbers(plain, model_dir, corpus, tmp_path,
-                                                               policy):
+                                                               policy, wrapped, monkeypatch):
+    """The same trajectory, and the policy really ran: the blocks it names were wrapped and their
+    forwards went through torch's checkpoint (a trajectory alone would not see a dropped policy)."""
+    from slimtrain.activations import checkpointing
+
+    kinds, calls = [], []
+    real_wrap, real_checkpoint = checkpointing._wrap, checkpointing.checkpoint
+    monkeypatch.setattr(checkpointing, "_wrap",
+                        lambda module: kinds.append(type(module).__name__) or real_wrap(module))
+    monkeypatch.setattr(checkpointing, "checkpoint",
+                        lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
     out = tmp_path / "ckpt"
     run(model_dir, corpus, out, "--activation-checkpointing", policy, steps=6, eval_every=3,
         save_every=3)
+    assert kinds == wrapped
+    assert calls, "no forward was checkpointed"
     assert trajectory(out) == trajectory(plain)
 
 

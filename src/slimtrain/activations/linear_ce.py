@@ -199,9 +199,12 @@ def _check(hidden, weight, labels, bias, ignore_index, chunk_size, reduction, ba
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     vocab = weight.shape[0]
-    # One device sync; out-of-range ids would otherwise gather garbage (CPU) or assert (CUDA).
+    # Out-of-range ids would otherwise gather garbage (CPU) or assert inside the kernel (CUDA).
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
-    if bad.any():
+    if labels.device.type != "cpu":  # checked on the device: no host sync per micro-batch
+        torch._assert_async(~bad.any(), f"a label is outside the vocabulary [0, {vocab}) and is "
+                            f"not ignore_index ({ignore_index}): check the tokenizer / head size")
+    elif bad.any():
         first = labels[bad][0].item()
         raise ValueError(f"label {first} is outside the vocabulary [0, {vocab}) and is not "
                          f"ignore_index ({ignore_index}): check the tokenizer / head size")

@@ -156,6 +156,7 @@ class StateIO:
                     on_cpu = key.endswith("step") or key == "seed" or key.startswith(("refresh_", "next_"))
                     value = value.detach().to(device="cpu" if on_cpu else p.device, copy=True)
                 restored[key] = value
+            self._add_missing_expansion(p, groups[p], restored)
             self._check_restored(p, groups[p], restored)
             self.state[p] = restored
         self.grad_norm = state_dict.get("grad_norm")
@@ -213,6 +214,14 @@ class StateIO:
                 entry[key] = as_dtensor(value, shards, dim, whole[key])
             out[ids[p]] = entry
         return out
+
+    def _add_missing_expansion(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """fp8 moments saved before dynamic range expansion have no ``*_expand`` part: they are
+        plain e4m3 codes, which expansion index 0 (k = 1) decodes as they were written."""
+        for key, shape in lowbit.stored_shapes(self._layouts(p, group)[0]).items():
+            absmax = state.get(key.removesuffix("_expand") + "_absmax")
+            if key.endswith("_expand") and key not in state and isinstance(absmax, Tensor):
+                state[key] = torch.zeros(shape, dtype=torch.uint8, device=absmax.device)
 
     def _check_restored(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         plan = self._plans[p]

@@ -31,8 +31,9 @@ fuses multiply-adds may move a value by an ulp.
 The subspace bases of Q-GaLore are quantized here too (``quantize_minmax``: asymmetric min–max in
 groups), with the same 4-bit packing: two codes per byte, element 2i in the high nibble.
 
-``"e4m3"`` / ``"e4m3+"`` (``state_bits="fp8"``) are float8 e4m3 codes in the same 8-bit blocks;
-their math is ``fp8.py``'s.
+``"e4m3"`` / ``"e4m3+"`` are float8 e4m3 codes in the same 8-bit blocks, and ``"e4m3x"`` /
+``"e4m3x+"`` (``state_bits="fp8"``) the same with COAT's dynamic range expansion (one more uint8
+per block); their math is ``fp8.py``'s.
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def swap_nibbles(codes: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------- blocks
-def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, Tensor]:
-    """x: (blocks, block_size) → (uint8 codes (blocks, block_size·bits/8), float32 absmax (blocks,))."""
+def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, ...]:
+    """x: (blocks, block_size) → (uint8 codes (blocks, block_size·bits/8), float32 absmax (blocks,)),
+    and for fp8's expanded kinds a third part, the uint8 exponent index per block (``fp8.py``)."""
     if kind in fp8.KINDS:
         return fp8.quantize_blocks(x, kind)
     absmax = x.abs().amax(dim=1, keepdim=True)
@@ -211,9 +213,10 @@ def quantize_blocks(x: Tensor, kind: str, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def dequantize_blocks(codes: Tensor, absmax: Tensor, kind: str, bits: int,
-                      dtype=torch.float32) -> Tensor:
+                      dtype=torch.float32, expand: Tensor | None = None) -> Tensor:
+    """The inverse of ``quantize_blocks``; ``expand``: its third part, for the expanded kinds."""
     if kind in fp8.KINDS:
-        return fp8.dequantize_blocks(codes, absmax, kind, dtype)
+        return fp8.dequantize_blocks(codes, absmax, kind, dtype, expand)
     if bits == 4:
         codes = unpack4(codes)
     return decode(codes, kind, bits, dtype) * absmax.to(dtype).unsqueeze(1)

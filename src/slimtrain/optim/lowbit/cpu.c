@@ -11,8 +11,8 @@
  * block() is plain C written for the compiler's auto-vectorizer (branch-free selects, restrict
  * pointers, blocks in local arrays); cpu_avx512.h has the same block with AVX-512 intrinsics,
  * used when the CPU has them. The only integer tricks are the absolute maximum (max of the
- * sign-cleared bit patterns, exact for floats), the bfloat16 conversions and the float8 e4m3
- * encoder (fp8.py's integer operations on the float32 bits; state_bits="fp8").
+ * sign-cleared bit patterns, exact for floats) and the bfloat16 conversions. fp8 states
+ * (state_bits="fp8", expanded e4m3 codes) have their own block in cpu_fp8.h.
  */
 #include <stdint.h>
 #include <string.h>
@@ -32,7 +32,9 @@ typedef struct {
     float *direction;          /* float32 output of the projected path */
     uint8_t *m_codes, *v_codes;
     float *m_absmax, *v_absmax;
-    const float *m_table, *v_table;   /* code -> map value */
+    const float *m_table, *v_table;   /* code -> map value; fp8: fp8.expanded_table (17 x 256) */
+    uint8_t *m_expand, *v_expand;     /* fp8: the expansion index j per block (k = j / 4) */
+    const float *fp8_factors;         /* fp8: fp8.expansion_factors (17 x 32), the AVX2 decoder's */
     tree_t m_tree, v_tree;
     float hp[8];               /* beta1, 1-beta1, beta2, 1-beta2, sqrt(bc2), eps, decay, step */
     int64_t index0;            /* element index of block 0 in the tensor (stochastic rounding) */
@@ -40,7 +42,7 @@ typedef struct {
     int32_t bits;              /* 8 or 4 */
     int32_t param_mode;        /* 0 direction, 1 float32, 2 bfloat16 nearest, 3 bfloat16 stochastic */
     int32_t grad_bf16;
-    int32_t fp8;               /* 1: both moments are float8 e4m3 codes (8-bit blocks) */
+    int32_t fp8;               /* 1: both moments are expanded float8 e4m3 codes (8-bit blocks) */
 } step_args;
 
 INLINE uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
@@ -97,23 +99,7 @@ INLINE float encode_linear(float y, const int bits) {
 }
 
 
-/* fp8.e4m3_bits of y (already multiplied by 448 / the block's absmax): rounded to nearest even from
- * the float32 bits (normal range) or by rint(|y| * 2**9) (subnormals), saturating at 448;
- * ``nonneg`` (V, fp8.quantize_blocks' "e4m3+"): code 0 is raised to 1, the smallest subnormal. */
-INLINE float encode_e4m3(float y, const int nonneg) {
-    float a = fabsf(y);
-    uint32_t b = bits_of(a);
-    int32_t normal = (int32_t)((b + 0x7FFFFu + ((b >> 20) & 1u)) >> 20) - 960;
-    int32_t sub = (int32_t)(bits_of(a + 16384.0f) - 0x46800000u);  /* rint(a * 2**9): 2**14's ulp is 2**-9 */
-    int32_t mag = a < 0.015625f ? sub : normal;
-    mag = mag > 0x7E ? 0x7E : mag;
-    mag = a != a ? 0x7F : mag;
-    if (nonneg) return (float)(mag < 1 ? 1 : mag);
-    return (float)(mag | (int32_t)((bits_of(y) >> 24) & 0x80u));
-}
-
 #define TINY 1.17549435e-38f  /* codec.quantize_blocks clamps absmax to the smallest normal float */
-#define FP8_FLOOR 7.88860905e-31f  /* 2**-110: fp8.quantize_blocks' floor of absmax */
 
 /* Codes one per byte (4-bit: element 2i in the high nibble of byte i, 2i+1 in the low one). */
 INLINE void unpack_codes(const uint8_t *mc, const uint8_t *vc, uint8_t *mu, uint8_t *vu,
@@ -140,18 +126,35 @@ INLINE void pack_codes(const uint8_t *mu, const uint8_t *vu, uint8_t *mc, uint8_
     }
 }
 
+/* The parameter update p = p * decay + step * d of B elements at ``base`` (or the direction d). */
+INLINE void write_target(const step_args *restrict a, int64_t base, const float *restrict d,
+                         const int B, const int mode) {
+    const float decay = a->hp[6], stepsize = a->hp[7];
+    if (mode == 0) {
+        memcpy(a->direction + base, d, sizeof(float) * B);
+    } else if (mode == 1) {
+        float *restrict p = (float *)a->target + base;
+        for (int i = 0; i < B; i++) p[i] = p[i] * decay + stepsize * d[i];
+    } else {
+        uint16_t *restrict p = (uint16_t *)a->target + base;
+        const uint32_t i0 = (uint32_t)(a->index0 + base), key = a->key;
+        for (int i = 0; i < B; i++) {
+            float x = float_of((uint32_t)p[i] << 16) * decay + stepsize * d[i];
+            p[i] = mode == 2 ? bf16_nearest(x) : bf16_stochastic(x, i0 + (uint32_t)i, key);
+        }
+    }
+}
+
 /* One block, plain C for the auto-vectorizer. B, bits, the maps and the parameter mode are
  * constants after inlining. */
 INLINE void block(const step_args *restrict a, int64_t blk, const int B, const int bits,
-                  const int v_linear, const int mode, const int grad_bf16, const int fp8) {
+                  const int v_linear, const int mode, const int grad_bf16) {
     const float b1 = a->hp[0], omb1 = a->hp[1], b2 = a->hp[2], omb2 = a->hp[3];
-    const float bc2s = a->hp[4], eps = a->hp[5], decay = a->hp[6], stepsize = a->hp[7];
+    const float bc2s = a->hp[4], eps = a->hp[5];
     const int64_t base = blk * B;
     const int cb = B * bits / 8;  /* code bytes per block */
     uint8_t *restrict mc = a->m_codes + blk * cb, *restrict vc = a->v_codes + blk * cb;
-    /* fp8: the tables hold e4m3 values, scaled by absmax / 448 (fp8.dequantize_blocks) */
-    const float am = fp8 ? a->m_absmax[blk] / 448.0f : a->m_absmax[blk];
-    const float av = fp8 ? a->v_absmax[blk] / 448.0f : a->v_absmax[blk];
+    const float am = a->m_absmax[blk], av = a->v_absmax[blk];
     const float *restrict mt = a->m_table, *restrict vt = a->v_table;
     float m[256], v[256], g[256], d[256];
     uint8_t mu[256], vu[256];
@@ -174,52 +177,42 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
         mmax = ma > mmax ? ma : mmax;
         vmax = va > vmax ? va : vmax;
     }
-    if (mode == 0) {
-        memcpy(a->direction + base, d, sizeof(float) * B);
-    } else if (mode == 1) {
-        float *restrict p = (float *)a->target + base;
-        for (int i = 0; i < B; i++) p[i] = p[i] * decay + stepsize * d[i];
-    } else {
-        uint16_t *restrict p = (uint16_t *)a->target + base;
-        const uint32_t i0 = (uint32_t)(a->index0 + base), key = a->key;
-        for (int i = 0; i < B; i++) {
-            float x = float_of((uint32_t)p[i] << 16) * decay + stepsize * d[i];
-            p[i] = mode == 2 ? bf16_nearest(x) : bf16_stochastic(x, i0 + (uint32_t)i, key);
-        }
-    }
+    write_target(a, base, d, B, mode);
     /* codec.quantize_blocks: divide by absmax clamped to the smallest normal float */
     const float mam = float_of(mmax), vam = float_of(vmax);
     const float md = mam < TINY ? TINY : mam, vd = vam < TINY ? TINY : vam;
     const tree_t mtr = a->m_tree, vtr = a->v_tree;  /* local copies: no aliasing with the codes */
-    if (fp8) {  /* fp8.quantize_blocks: multiply by 448 / absmax (floored at 2**-110) */
-        const float ms = 448.0f / (mam < FP8_FLOOR ? FP8_FLOOR : mam);
-        const float vs = 448.0f / (vam < FP8_FLOOR ? FP8_FLOOR : vam);
-        for (int i = 0; i < B; i++) m[i] = encode_e4m3(m[i] * ms, 0);
-        for (int i = 0; i < B; i++) v[i] = encode_e4m3(v[i] * vs, 1);
-    } else {
-        for (int i = 0; i < B; i++)
-            m[i] = bits == 8 ? encode_tree(m[i] / md, &mtr, 7, 0, 1) : encode_tree(m[i] / md, &mtr, 3, 0, 1);
-        for (int i = 0; i < B; i++)
-            v[i] = v_linear ? encode_linear(v[i] / vd, bits) : encode_tree(v[i] / vd, &vtr, bits, 1, 0);
-    }
+    for (int i = 0; i < B; i++)
+        m[i] = bits == 8 ? encode_tree(m[i] / md, &mtr, 7, 0, 1) : encode_tree(m[i] / md, &mtr, 3, 0, 1);
+    for (int i = 0; i < B; i++)
+        v[i] = v_linear ? encode_linear(v[i] / vd, bits) : encode_tree(v[i] / vd, &vtr, bits, 1, 0);
     for (int i = 0; i < B; i++) { mu[i] = (uint8_t)(int32_t)m[i]; vu[i] = (uint8_t)(int32_t)v[i]; }
     pack_codes(mu, vu, mc, vc, B, bits);
     a->m_absmax[blk] = mam; a->v_absmax[blk] = vam;
 }
+
+#include "cpu_fp8.h"
 
 #if defined(__AVX512F__)
 #define SIMD16 1
 #include "cpu_avx512.h"
 #endif
 
+/* The block function for the format: fp8 (FP8 = 1) takes cpu_fp8.h's, 8-lane AVX2 unless the
+ * portable path is asked for; the tree maps block16 (AVX-512) or block. */
 #ifdef SIMD16
-#define RUN(B, BITS, VLIN, MODE, GBF, FP8) do { \
-    if (simd) for (int64_t b = begin; b < end; b++) block16(a, b, B, BITS, VLIN, MODE, GBF, FP8, simd); \
-    else for (int64_t b = begin; b < end; b++) block(a, b, B, BITS, VLIN, MODE, GBF, FP8); } while (0)
+#define TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF) \
+    (simd ? block16(a, b, B, BITS, VLIN, MODE, GBF, simd) : block(a, b, B, BITS, VLIN, MODE, GBF))
 #else
-#define RUN(B, BITS, VLIN, MODE, GBF, FP8) \
-    for (int64_t b = begin; b < end; b++) block(a, b, B, BITS, VLIN, MODE, GBF, FP8)
+#define TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF) block(a, b, B, BITS, VLIN, MODE, GBF)
 #endif
+#ifdef FP8_SIMD8
+#define FP8_BLOCK(b, MODE, GBF) (generic ? block_fp8(a, b, MODE, GBF) : block_fp8_avx2(a, b, MODE, GBF))
+#else
+#define FP8_BLOCK(b, MODE, GBF) block_fp8(a, b, MODE, GBF)
+#endif
+#define RUN(B, BITS, VLIN, MODE, GBF, FP8) do { for (int64_t b = begin; b < end; b++) { \
+    if (FP8) FP8_BLOCK(b, MODE, GBF); else TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF); } } while (0)
 
 #define BY_GRAD(B, BITS, VLIN, MODE, FP8) \
     do { if (a->grad_bf16) RUN(B, BITS, VLIN, MODE, 1, FP8); else RUN(B, BITS, VLIN, MODE, 0, FP8); } while (0)
@@ -230,18 +223,17 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
         case 2: BY_GRAD(B, BITS, VLIN, 2, FP8); break; default: BY_GRAD(B, BITS, VLIN, 3, FP8); } } while (0)
 
 /* Blocks [begin, end) of one tensor; 8-bit: signed tree M, unsigned tree V; 4-bit: signed tree M,
- * linear V; fp8: e4m3 M and V (V without code 0). ``generic`` != 0 forces the plain-C path (SLIMTRAIN_NATIVE=portable; tests compare both). Returns 0, or -1 for an
+ * linear V; fp8: expanded e4m3 M and V (V without code 0). ``generic`` != 0 forces the plain-C path (SLIMTRAIN_NATIVE=portable; tests compare both). Returns 0, or -1 for an
  * unsupported width. */
 int slimtrain_adam_lowbit(const step_args *a, int64_t begin, int64_t end, int generic) {
 #ifdef SIMD16
     tree16 trees[2];
     const tree16 *simd = NULL;
-    if (!generic && (a->fp8 || (tree16_init(&trees[0], &a->m_tree, a->bits - 1, 0)
-        && (a->bits == 4 || tree16_init(&trees[1], &a->v_tree, a->bits, 1)))))
-        simd = trees;  /* fp8 encodes without the trees */
-#else
-    (void)generic;
+    if (!generic && !a->fp8 && tree16_init(&trees[0], &a->m_tree, a->bits - 1, 0)
+        && (a->bits == 4 || tree16_init(&trees[1], &a->v_tree, a->bits, 1)))
+        simd = trees;
 #endif
+    (void)generic;
     if (a->fp8 && a->bits == 8) BY_MODE(256, 8, 0, 1);
     else if (a->fp8) return -1;
     else if (a->bits == 8) BY_MODE(256, 8, 0, 0);
@@ -259,4 +251,13 @@ int slimtrain_simd_width(void) {
 #endif
 }
 
-int slimtrain_abi_version(void) { return 3; }
+/* Whether this build has fp8's AVX2 path (8 lanes). */
+int slimtrain_fp8_simd_width(void) {
+#ifdef FP8_SIMD8
+    return 8;
+#else
+    return 0;
+#endif
+}
+
+int slimtrain_abi_version(void) { return 4; }

@@ -87,23 +87,6 @@ INLINE __m512i encode_linear16(__m512 y, const int bits) {
     return _mm512_cvttps_epi32(u);
 }
 
-/* encode_e4m3 for 16 lanes: the same integer and float operations (subnormals by the 2**14 add). */
-INLINE __m512i encode_e4m316(__m512 y, const int nonneg) {
-    const __m512 a = _mm512_abs_ps(y);
-    const __m512i b = _mm512_castps_si512(a), one = _mm512_set1_epi32(1);
-    __m512i normal = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF),
-                                      _mm512_and_si512(_mm512_srli_epi32(b, 20), one)));
-    normal = _mm512_sub_epi32(_mm512_srli_epi32(normal, 20), _mm512_set1_epi32(960));
-    __m512i sub = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(a, _mm512_set1_ps(16384.0f))),
-                                   _mm512_set1_epi32(0x46800000));
-    __m512i mag = _mm512_mask_mov_epi32(normal, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ), sub);
-    mag = _mm512_min_epi32(mag, _mm512_set1_epi32(0x7E));
-    mag = _mm512_mask_mov_epi32(mag, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7F));
-    if (nonneg) return _mm512_max_epi32(mag, one);
-    return _mm512_or_si512(mag, _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(y), 24),
-                                                 _mm512_set1_epi32(0x80)));
-}
-
 INLINE __m512 load_grad16(const step_args *a, int64_t at, const int grad_bf16) {
     if (grad_bf16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)a->grad + at));
@@ -155,29 +138,14 @@ INLINE void write16(const step_args *a, int64_t at, __m512 d, const int mode) {
     }
 }
 
-/* fp8.e4m3_values of 16 codes, from the bits (cheaper than lookup256; the same values as the
- * table of the plain-C path). */
-INLINE __m512 e4m3_values16(__m512i c) {
-    const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
-    __m512 value = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(mag, _mm512_set1_epi32(960)), 20));
-    value = _mm512_mask_mov_ps(value, _mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8)),
-                               _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0.001953125f)));
-    value = _mm512_mask_mov_ps(value, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)),
-                               _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(value),
-                               _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24)));
-}
-
-INLINE __m512 decode16(const uint8_t *codes, const float *table, const int bits, const int fp8) {
+INLINE __m512 decode16(const uint8_t *codes, const float *table, const int bits) {
     __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
-    if (fp8) return e4m3_values16(c);
     return bits == 8 ? lookup256(c, table) : _mm512_permutexvar_ps(c, _mm512_loadu_ps(table));
 }
 
 /* block() with 16-lane AVX-512 code: one loop for decode -> Adam -> write, one for encode. */
 INLINE void block16(const step_args *restrict a, int64_t blk, const int B, const int bits,
-                    const int v_linear, const int mode, const int grad_bf16, const int fp8,
-                    const tree16 *tr) {
+                    const int v_linear, const int mode, const int grad_bf16, const tree16 *tr) {
     const __m512 b1 = _mm512_set1_ps(a->hp[0]), omb1 = _mm512_set1_ps(a->hp[1]);
     const __m512 b2 = _mm512_set1_ps(a->hp[2]), omb2 = _mm512_set1_ps(a->hp[3]);
     const __m512 bc2s = _mm512_set1_ps(a->hp[4]), eps = _mm512_set1_ps(a->hp[5]);
@@ -185,16 +153,15 @@ INLINE void block16(const step_args *restrict a, int64_t blk, const int B, const
     const int64_t base = blk * B;
     const int cb = B * bits / 8;
     uint8_t *restrict mc = a->m_codes + blk * cb, *restrict vc = a->v_codes + blk * cb;
-    const __m512 am = _mm512_set1_ps(fp8 ? a->m_absmax[blk] / 448.0f : a->m_absmax[blk]);
-    const __m512 av = _mm512_set1_ps(fp8 ? a->v_absmax[blk] / 448.0f : a->v_absmax[blk]);
+    const __m512 am = _mm512_set1_ps(a->m_absmax[blk]), av = _mm512_set1_ps(a->v_absmax[blk]);
     float m[256], v[256];
     uint8_t mu[256], vu[256];
     unpack_codes(mc, vc, mu, vu, B, bits);
     __m512i mmax = _mm512_setzero_si512(), vmax = _mm512_setzero_si512();
     for (int i = 0; i < B; i += 16) {
         __m512 g = load_grad16(a, base + i, grad_bf16);
-        __m512 mo = _mm512_mul_ps(decode16(mu + i, a->m_table, bits, fp8), am);
-        __m512 vo = _mm512_mul_ps(decode16(vu + i, a->v_table, bits, fp8), av);
+        __m512 mo = _mm512_mul_ps(decode16(mu + i, a->m_table, bits), am);
+        __m512 vo = _mm512_mul_ps(decode16(vu + i, a->v_table, bits), av);
         __m512 mn = _mm512_add_ps(_mm512_mul_ps(mo, b1), _mm512_mul_ps(g, omb1));
         __m512 vn = _mm512_add_ps(_mm512_mul_ps(vo, b2), _mm512_mul_ps(_mm512_mul_ps(g, omb2), g));
         __m512 d = _mm512_div_ps(mn, _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vn), bc2s), eps));
@@ -206,16 +173,7 @@ INLINE void block16(const step_args *restrict a, int64_t blk, const int B, const
     const float mam = float_of(_mm512_reduce_max_epu32(mmax));
     const float vam = float_of(_mm512_reduce_max_epu32(vmax));
     const __m512 md = _mm512_set1_ps(mam < TINY ? TINY : mam), vd = _mm512_set1_ps(vam < TINY ? TINY : vam);
-    if (fp8) {  /* multiply by 448 / absmax, as fp8.quantize_blocks */
-        const __m512 ms = _mm512_set1_ps(448.0f / (mam < FP8_FLOOR ? FP8_FLOOR : mam));
-        const __m512 vs = _mm512_set1_ps(448.0f / (vam < FP8_FLOOR ? FP8_FLOOR : vam));
-        for (int i = 0; i < B; i += 16) {
-            __m512i u = encode_e4m316(_mm512_mul_ps(_mm512_loadu_ps(m + i), ms), 0);
-            _mm_storeu_si128((__m128i *)(mu + i), _mm512_cvtepi32_epi8(u));
-            u = encode_e4m316(_mm512_mul_ps(_mm512_loadu_ps(v + i), vs), 1);
-            _mm_storeu_si128((__m128i *)(vu + i), _mm512_cvtepi32_epi8(u));
-        }
-    } else for (int i = 0; i < B; i += 16) {
+    for (int i = 0; i < B; i += 16) {
         __m512 y = _mm512_div_ps(_mm512_loadu_ps(m + i), md);
         _mm_storeu_si128((__m128i *)(mu + i), _mm512_cvtepi32_epi8(encode_tree16(y, &tr[0], 1)));
         y = _mm512_div_ps(_mm512_loadu_ps(v + i), vd);

@@ -6,7 +6,7 @@ and write the parameter (or return the direction, on the projected path). ``upda
 on row chunks (2²⁰ elements) — compiled by torch.compile, once per storage configuration with the
 number of rows dynamic, writing in place — unless the group says ``fused=False``; then the same
 Python function runs eagerly: the reference. On CPU the two give the same bits (inductor keeps IEEE
-semantics, no contraction; see ``adam._sqrt_rn``); tested. A 1-row chunk and the zero-padded tail
+semantics, no contraction; see ``adam.sqrt_rn``); tested. A 1-row chunk and the zero-padded tail
 block of a partial last block run eagerly.
 
 ``stochastic_round_bf16``: bfloat16 parameters written by stochastic rounding of the float32 result
@@ -48,7 +48,7 @@ class _Config:
 
 def _load(parts: tuple[Tensor, ...], storage: Storage, dtype: torch.dtype) -> Tensor:
     if storage.quantized:
-        return dequantize_blocks(parts[0], parts[1], storage.kind, storage.bits, dtype)
+        return dequantize_blocks(*parts[:2], storage.kind, storage.bits, dtype, *parts[2:])
     return parts[0].to(dtype)
 
 
@@ -143,16 +143,16 @@ def _rows(flat: Tensor, per_row: int, rows: int) -> tuple[Tensor, Tensor]:
 
 def _storage_rows(state: dict, name: str, storage: Storage, rows: int, B: int):
     if storage.quantized:
-        codes, absmax = storage.parts(state, name)
+        codes, *per_block = storage.parts(state, name)  # absmax[, expand]: one value per block
         main, tail = _rows(codes.view(-1), B * storage.bits // 8, rows)
-        return (main, absmax[:rows]), (tail, absmax[rows:])
+        return (main, *(t[:rows] for t in per_block)), (tail, *(t[rows:] for t in per_block))
     main, tail = _rows(state[name].view(-1), B, rows)
     return (main,), (tail,)
 
 
 def _padded_row(parts: tuple[Tensor, ...], storage: Storage, B: int) -> tuple[Tensor, ...]:
     if storage.quantized:
-        return (pad_flat(parts[0], B * storage.bits // 8).view(1, -1), parts[1])
+        return (pad_flat(parts[0], B * storage.bits // 8).view(1, -1), *parts[1:])
     return (pad_flat(parts[0], B).view(1, B),)
 
 

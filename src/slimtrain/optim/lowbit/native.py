@@ -4,14 +4,15 @@ Why a C kernel: on a CPU the one-pass step is compute-bound (decode, Adam, absma
 moments), and torch.compile's code for it ran 6.5–7.7× torch's fused fp32 AdamW — inductor turns
 the encoder's float↔int bit casts and any gather into scalar loops. The C file is the eager
 reference's float32 arithmetic in the same order (plain C for the auto-vectorizer, plus an AVX-512
-path), so it gives the same bits (tested). It covers the 8/4-bit tree maps and fp8's e4m3 codes
-(``FORMATS``).
+path; fp8's block in ``cpu_fp8.h``, plain C plus an AVX2 path), so it gives the same bits (tested).
+It covers the 8/4-bit tree maps and fp8's expanded e4m3 codes (``FORMATS``).
 
 It is compiled once per machine with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``
 — torch.compile needs one too) and cached in slimtrain's cache directory (``paths.cache_dir``), keyed by
 the source, the compiler, its flags and the CPU (``-march=native``). No compiler, a failed build,
 or ``SLIMTRAIN_NATIVE=0``: ``available()`` is False and the step runs the torch.compile kernel.
-``SLIMTRAIN_NATIVE=portable`` runs the plain-C path even where the AVX-512 one exists.
+``SLIMTRAIN_NATIVE=portable`` runs the plain-C path even where the AVX-512 (tree maps) or AVX2 (fp8)
+one exists.
 Loaded with ctypes (no torch headers, no ninja: a two-second build); ctypes releases the GIL, so
 large tensors are split across ``torch.get_num_threads()`` threads.
 """
@@ -38,10 +39,10 @@ from . import fp8
 from .codec import TREES, code_table
 
 SOURCE = Path(__file__).with_name("cpu.c")
-HEADERS = (Path(__file__).with_name("cpu_avx512.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("cpu_fp8.h", "cpu_avx512.h"))
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 NATIVE_FLAGS = ["-march=native"]  # tried first; some compilers/targets lack it
-_ABI = 3
+_ABI = 4
 _MIN_BLOCKS_PER_THREAD = 256  # below this a thread costs more than it saves
 
 
@@ -55,16 +56,18 @@ class _Args(ctypes.Structure):
                 ("direction", ctypes.c_void_p), ("m_codes", ctypes.c_void_p),
                 ("v_codes", ctypes.c_void_p), ("m_absmax", ctypes.c_void_p),
                 ("v_absmax", ctypes.c_void_p), ("m_table", ctypes.c_void_p),
-                ("v_table", ctypes.c_void_p), ("m_tree", _Tree), ("v_tree", _Tree),
+                ("v_table", ctypes.c_void_p), ("m_expand", ctypes.c_void_p),
+                ("v_expand", ctypes.c_void_p), ("fp8_factors", ctypes.c_void_p),
+                ("m_tree", _Tree), ("v_tree", _Tree),
                 ("hp", ctypes.c_float * 8), ("index0", ctypes.c_int64), ("key", ctypes.c_uint32),
                 ("bits", ctypes.c_int32), ("param_mode", ctypes.c_int32),
                 ("grad_bf16", ctypes.c_int32), ("fp8", ctypes.c_int32)]
 
 
 # (bits, m kind, v kind) the kernel encodes — what storage._storage gives Adam's moments — and
-# whether they are fp8's e4m3 codes.
+# whether they are fp8's expanded e4m3 codes.
 FORMATS = {(8, "signed", "unsigned"): False, (4, "signed", "linear"): False,
-           (8, "e4m3", "e4m3+"): True}
+           (8, "e4m3x", "e4m3x+"): True}
 
 
 def _cpu_signature() -> str:
@@ -139,10 +142,15 @@ def available() -> bool:
 
 @functools.cache
 def _table(kind: str, bits: int) -> Tensor:
-    """code → map value; for fp8 the e4m3 value itself (the kernel scales by absmax / 448)."""
+    """code → map value; for fp8 the (17, 256) table of expanded values, a row per exponent."""
     if kind in fp8.KINDS:
-        return fp8.e4m3_values(torch.arange(256)).contiguous()
+        return fp8.expanded_table()
     return code_table(kind, bits).contiguous()
+
+
+@functools.cache
+def _fp8_factors() -> Tensor:
+    return fp8.expansion_factors()
 
 
 @functools.cache
@@ -176,6 +184,12 @@ def simd_width() -> int:
     return 0 if lib is None else lib.slimtrain_simd_width()
 
 
+def fp8_simd_width() -> int:
+    """8 when the built kernel has fp8's AVX2 path, else 0 (plain C, auto-vectorized)."""
+    lib = _library()
+    return 0 if lib is None else lib.slimtrain_fp8_simd_width()
+
+
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     # One pool for the process; it starts threads only as shares are submitted.
@@ -198,7 +212,7 @@ def _run(lib, args: _Args, blocks: int) -> None:
 def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor | None,
               grad: Tensor, m: tuple[Tensor, Tensor], v: tuple[Tensor, Tensor], hp: Tensor,
               key: int, stochastic: bool, kinds: tuple[str, str] | None = None) -> None:
-    """The first ``blocks`` whole blocks of one tensor, in place: moments (codes, absmax) and the
+    """The first ``blocks`` whole blocks of one tensor, in place: moments (codes, absmax[, expand]) and the
     target (flat parameter) or ``direction`` (flat float32). All tensors contiguous; ``hp``: the
     eight float32 hyperparameters of ``kernel._block_step``; ``kinds``: the (m, v) maps, by default
     the tree maps of ``bits`` (a key of ``FORMATS``)."""
@@ -210,6 +224,9 @@ def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor |
     args.grad = grad.data_ptr()
     args.m_codes, args.m_absmax = m[0].data_ptr(), m[1].data_ptr()
     args.v_codes, args.v_absmax = v[0].data_ptr(), v[1].data_ptr()
+    if len(m) == 3:  # fp8: the expansion index per block
+        args.m_expand, args.v_expand = m[2].data_ptr(), v[2].data_ptr()
+        args.fp8_factors = _fp8_factors().data_ptr()
     args.m_table, args.v_table = _table(m_kind, bits).data_ptr(), _table(v_kind, bits).data_ptr()
     args.m_tree, args.v_tree = _tree(m_kind, bits), _tree(v_kind, bits)
     args.hp[:] = hp.tolist()

@@ -7,8 +7,9 @@
 * ``8`` / ``4`` — block-wise quantized moments (``codec.py``): uint8 codes + one float32 absmax per
   block. Tensors with fewer than ``quantize_min_numel`` elements (4096, as bitsandbytes and torchao)
   keep float32 moments: codes would save a few bytes for their error.
-* ``"fp8"`` — float8 e4m3 codes in the 8-bit layout (``fp8.py``, COAT): kinds ``"e4m3"`` for signed
-  moments, ``"e4m3+"`` (no zero code) for nonnegative ones.
+* ``"fp8"`` — float8 e4m3 codes in the 8-bit layout with COAT's dynamic range expansion (``fp8.py``):
+  kinds ``"e4m3x"`` for signed moments, ``"e4m3x+"`` (no zero code) for nonnegative ones; one more
+  uint8 per block, the expansion exponent (``{name}_expand``).
 
 Moments stored in the parameter's dtype take the unchanged path; Adam's others take the one-pass
 one-pass kernel of ``kernel.py`` (the C kernel of ``native.py`` on CPUs) (bf16 parameters optionally with stochastic rounding).
@@ -31,6 +32,7 @@ from .. import stages
 from ..rules import get_rule
 from ..util import ceil_div, pad_flat
 from .codec import block_size, dequantize_blocks, quantize_blocks
+from .fp8 import EXPANDED
 from .kernel import seed_key, stochastic_round_bf16, update_tensor_
 
 STATE_BITS = (None, 32, 16, 8, 4, "fp8")
@@ -49,12 +51,19 @@ class Storage:
     def quantized(self) -> bool:
         return self.dtype is None
 
+    @property
+    def expanded(self) -> bool:
+        """fp8 codes with a per-block expansion exponent (a third part)."""
+        return self.kind in EXPANDED
+
     def keys(self, name: str) -> tuple[str, ...]:
         """The state keys that hold the moment ``name``."""
-        return (f"{name}_codes", f"{name}_absmax") if self.quantized else (name,)
+        if not self.quantized:
+            return (name,)
+        return (f"{name}_codes", f"{name}_absmax") + ((f"{name}_expand",) if self.expanded else ())
 
     def parts(self, state: dict, name: str) -> tuple[Tensor, ...]:
-        """The state tensors that hold the moment ``name``: (codes, absmax) or (moment,)."""
+        """The state tensors that hold the moment ``name``: (codes, absmax[, expand]) or (moment,)."""
         return tuple(state[k] for k in self.keys(name))
 
     def shapes(self, name: str, shape) -> dict[str, tuple[int, ...]]:
@@ -62,10 +71,12 @@ class Storage:
         if not self.quantized:
             return {name: shape}
         blocks = ceil_div(math.prod(shape), block_size(self.bits))
-        return dict(zip(self.keys(name), (_codes_shape(shape, self.bits), (blocks,))))
+        return dict(zip(self.keys(name), (_codes_shape(shape, self.bits), (blocks,), (blocks,))))
 
     def dtypes(self) -> tuple[torch.dtype, ...]:
-        return (torch.uint8, torch.float32) if self.quantized else (self.dtype,)
+        if not self.quantized:
+            return (self.dtype,)
+        return (torch.uint8, torch.float32) + ((torch.uint8,) if self.expanded else ())
 
     def nbytes(self, shape) -> int:
         return sum(math.prod(s) * d.itemsize
@@ -96,7 +107,7 @@ def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Stora
     if numel < group["quantize_min_numel"]:
         return Storage(torch.float32)
     if bits == "fp8":
-        return Storage(bits=8, kind="e4m3" if signed else "e4m3+")
+        return Storage(bits=8, kind="e4m3x" if signed else "e4m3x+")
     return Storage(bits=bits, kind="signed" if signed else "unsigned" if bits == 8 else "linear")
 
 
@@ -150,11 +161,11 @@ def load_moment(state: dict, name: str, storage: Storage, shape, dtype=torch.flo
     ``dtype``, or itself with ``dtype=None``."""
     if not storage.quantized:
         return state[name] if dtype is None else state[name].to(dtype)
-    codes, absmax = storage.parts(state, name)
+    codes, absmax, *expand = storage.parts(state, name)
     numel, B = math.prod(shape), block_size(storage.bits)
     flat = pad_flat(codes.reshape(-1), absmax.numel() * B * storage.bits // 8)
     values = dequantize_blocks(flat.view(absmax.numel(), -1), absmax, storage.kind, storage.bits,
-                               dtype or torch.float32)
+                               dtype or torch.float32, *expand)
     return values.reshape(-1)[:numel].reshape(shape)
 
 
@@ -163,12 +174,13 @@ def store_moment_(state: dict, name: str, storage: Storage, value: Tensor) -> No
         if value is not state[name]:
             state[name].copy_(value)
         return
-    codes, absmax = storage.parts(state, name)
+    codes, *per_block = storage.parts(state, name)
     B = block_size(storage.bits)
-    blocks = pad_flat(value.reshape(-1), absmax.numel() * B).view(-1, B)
-    new_codes, new_absmax = quantize_blocks(blocks, storage.kind, storage.bits)
+    blocks = pad_flat(value.reshape(-1), per_block[0].numel() * B).view(-1, B)
+    new_codes, *new_per_block = quantize_blocks(blocks, storage.kind, storage.bits)
     codes.view(-1).copy_(new_codes.view(-1)[:codes.numel()])
-    absmax.copy_(new_absmax)
+    for dst, src in zip(per_block, new_per_block):
+        dst.copy_(src)
 
 
 def run_rule_(group: dict, rule: str, lay: Layout, grad: Tensor, state: dict, count_key: str,

@@ -187,10 +187,10 @@ def adam_elementwise(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, hp: Tens
     beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps = hp.unbind()
     m = exp_avg * beta1 + grad * one_minus_beta1
     v = exp_avg_sq * beta2 + (grad * one_minus_beta2) * grad
-    return m, v, m / (_sqrt_rn(v) / bc2_sqrt + eps)
+    return m, v, m / (sqrt_rn(v) / bc2_sqrt + eps)
 
 
-def _sqrt_rn(x: Tensor) -> Tensor:
+def sqrt_rn(x: Tensor) -> Tensor:
     """Correctly rounded square root. Compiled code uses the hardware instruction (exact); torch's
     eager float32 CPU sqrt can be an ulp off, so eagerly it goes through float64 (exact after
     rounding back), and the eager reference and the compiled kernel agree bit for bit."""
