@@ -126,6 +126,24 @@ INLINE void pack_codes(const uint8_t *mu, const uint8_t *vu, uint8_t *mc, uint8_
     }
 }
 
+/* A block's gradient as float32 (bfloat16 widened). */
+INLINE void load_grad(const step_args *restrict a, int64_t base, float *restrict g, const int B,
+                      const int grad_bf16) {
+    if (grad_bf16) {
+        const uint16_t *restrict gp = (const uint16_t *)a->grad + base;
+        for (int i = 0; i < B; i++) g[i] = float_of((uint32_t)gp[i] << 16);
+    } else {
+        memcpy(g, (const float *)a->grad + base, sizeof(float) * B);
+    }
+}
+
+/* Adam on one element, in kernel._block_step's order: the new moments, and the direction. */
+INLINE float adam_element(const float *hp, float mo, float vo, float g, float *mn, float *vn) {
+    *mn = mo * hp[0] + g * hp[1];
+    *vn = vo * hp[2] + (g * hp[3]) * g;
+    return *mn / (sqrtf(*vn) / hp[4] + hp[5]);
+}
+
 /* The parameter update p = p * decay + step * d of B elements at ``base`` (or the direction d). */
 INLINE void write_target(const step_args *restrict a, int64_t base, const float *restrict d,
                          const int B, const int mode) {
@@ -149,8 +167,6 @@ INLINE void write_target(const step_args *restrict a, int64_t base, const float 
  * constants after inlining. */
 INLINE void block(const step_args *restrict a, int64_t blk, const int B, const int bits,
                   const int v_linear, const int mode, const int grad_bf16) {
-    const float b1 = a->hp[0], omb1 = a->hp[1], b2 = a->hp[2], omb2 = a->hp[3];
-    const float bc2s = a->hp[4], eps = a->hp[5];
     const int64_t base = blk * B;
     const int cb = B * bits / 8;  /* code bytes per block */
     uint8_t *restrict mc = a->m_codes + blk * cb, *restrict vc = a->v_codes + blk * cb;
@@ -159,19 +175,13 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
     float m[256], v[256], g[256], d[256];
     uint8_t mu[256], vu[256];
 
-    if (grad_bf16) {
-        const uint16_t *restrict gp = (const uint16_t *)a->grad + base;
-        for (int i = 0; i < B; i++) g[i] = float_of((uint32_t)gp[i] << 16);
-    } else {
-        memcpy(g, (const float *)a->grad + base, sizeof(float) * B);
-    }
+    load_grad(a, base, g, B, grad_bf16);
     unpack_codes(mc, vc, mu, vu, B, bits);
     uint32_t mmax = 0, vmax = 0;
     for (int i = 0; i < B; i++) {
         float mo = mt[mu[i]] * am, vo = vt[vu[i]] * av;
-        float mn = mo * b1 + g[i] * omb1;
-        float vn = vo * b2 + (g[i] * omb2) * g[i];
-        d[i] = mn / (sqrtf(vn) / bc2s + eps);
+        float mn, vn;
+        d[i] = adam_element(a->hp, mo, vo, g[i], &mn, &vn);
         m[i] = mn; v[i] = vn;
         uint32_t ma = bits_of(mn) & 0x7FFFFFFFu, va = bits_of(vn) & 0x7FFFFFFFu;
         mmax = ma > mmax ? ma : mmax;

@@ -62,8 +62,6 @@ INLINE void encode_fp8(const float *restrict x, uint8_t *restrict codes, float a
 }
 
 INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, const int grad_bf16) {
-    const float b1 = a->hp[0], omb1 = a->hp[1], b2 = a->hp[2], omb2 = a->hp[3];
-    const float bc2s = a->hp[4], eps = a->hp[5];
     const int64_t base = blk * 256;
     uint8_t *restrict mc = a->m_codes + base, *restrict vc = a->v_codes + base;
     const float *restrict mt = a->m_table + 256 * a->m_expand[blk];
@@ -71,18 +69,12 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
     const float am = a->m_absmax[blk], av = a->v_absmax[blk];
     float m[256], v[256], g[256], d[256];
 
-    if (grad_bf16) {
-        const uint16_t *restrict gp = (const uint16_t *)a->grad + base;
-        for (int i = 0; i < 256; i++) g[i] = float_of((uint32_t)gp[i] << 16);
-    } else {
-        memcpy(g, (const float *)a->grad + base, sizeof(float) * 256);
-    }
+    load_grad(a, base, g, 256, grad_bf16);
     uint32_t mmax = 0, vmax = 0, mmin = FP8_INF_BITS, vmin = FP8_INF_BITS;
     for (int i = 0; i < 256; i++) {
         float mo = mt[mc[i]] * am, vo = vt[vc[i]] * av;
-        float mn = mo * b1 + g[i] * omb1;
-        float vn = vo * b2 + (g[i] * omb2) * g[i];
-        d[i] = mn / (sqrtf(vn) / bc2s + eps);
+        float mn, vn;
+        d[i] = adam_element(a->hp, mo, vo, g[i], &mn, &vn);
         m[i] = mn; v[i] = vn;
         uint32_t ma = bits_of(mn) & 0x7FFFFFFFu, va = bits_of(vn) & 0x7FFFFFFFu;
         mmax = ma > mmax ? ma : mmax;
