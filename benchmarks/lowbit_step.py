@@ -81,6 +81,9 @@ def build(args, named):
     # without the pipeline's gradient-norm pass (NaN/Inf skip, opt.grad_norm): the kernel alone
     add("slimtrain AdamW fp8 (check_finite=False)",
         lambda ps: so.AdamW(ps, state_bits="fp8", check_finite=False), "fp8")
+    # plain e4m3 codes (torchao's), no dynamic range expansion: its square roots not paid
+    add("slimtrain AdamW fp8 (fp8_expansion=False)",
+        lambda ps: so.AdamW(ps, state_bits="fp8", fp8_expansion=False), "fp8")
     add("slimtrain GaLoreAdamW8bit", lambda ps: so.GaLoreAdamW8bit(
         ps, rank=args.rank, refresh_every=10**6), None)
     if importlib.util.find_spec("torchao"):

@@ -81,6 +81,9 @@ class PipelineOptions:
                                           "(None), fp32 / bf16 (32 / 16), block-wise quantized "
                                           "(8 / 4) or float8 e4m3 codes per block (\"fp8\", COAT)",
                                           choices=STATE_BITS)
+    fp8_expansion: bool = option(True, "state_bits=\"fp8\": COAT's dynamic range expansion (a "
+                                 "per-block exponent; finer codes, a slower CPU step); False: "
+                                 "plain e4m3 codes scaled by 448/absmax, as torchao's AdamWFp8")
     quantize_min_numel: int = option(4096, "tensors with fewer elements keep fp32 moments when "
                                      "quantizing", low=0, integer=True)
     stochastic_rounding: bool = option(False, "bf16 parameters: round each update stochastically")

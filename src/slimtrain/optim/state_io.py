@@ -30,7 +30,7 @@ _RENAMED = {"adafactor": {"adafactor_beta1": "beta1", "factored_eps": "eps"},
 # Group keys that define what a step computes (not hyperparameters a resume may take from the
 # checkpoint, such as the scheduled lr): a state saved with other values is refused.
 DEFINING = ("rule", "backmap", "residual", "basis", "refresh", "switch", "side", "state_bits",
-            "projector_bits", "projector_group", "quantize_min_numel", "weight_norm")
+            "fp8_expansion", "projector_bits", "projector_group", "quantize_min_numel", "weight_norm")
 _V1_RULE_KEYS = ("betas", "eps", "eps_mode", "adafactor_beta1", "factored_eps", "decay_rate",
                  "clip_threshold", "natural_history", "natural_damping")
 _COUNTER = 4  # float32 step counters

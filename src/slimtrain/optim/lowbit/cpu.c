@@ -42,7 +42,7 @@ typedef struct {
     int32_t bits;              /* 8 or 4 */
     int32_t param_mode;        /* 0 direction, 1 float32, 2 bfloat16 nearest, 3 bfloat16 stochastic */
     int32_t grad_bf16;
-    int32_t fp8;               /* 1: both moments are expanded float8 e4m3 codes (8-bit blocks) */
+    int32_t fp8;               /* float8 e4m3 codes (8-bit blocks): 1 expanded, 2 plain; 0 tree maps */
 } step_args;
 
 INLINE uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
@@ -217,12 +217,16 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
 #define TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF) block(a, b, B, BITS, VLIN, MODE, GBF)
 #endif
 #ifdef FP8_SIMD8
-#define FP8_BLOCK(b, MODE, GBF) (generic ? block_fp8(a, b, MODE, GBF) : block_fp8_avx2(a, b, MODE, GBF))
+#define FP8_PLAIN(b, MODE, GBF, PLAIN) \
+    (generic ? block_fp8(a, b, MODE, GBF, PLAIN) : block_fp8_avx2(a, b, MODE, GBF, PLAIN))
 #else
-#define FP8_BLOCK(b, MODE, GBF) block_fp8(a, b, MODE, GBF)
+#define FP8_PLAIN(b, MODE, GBF, PLAIN) block_fp8(a, b, MODE, GBF, PLAIN)
 #endif
+/* a->fp8: 1 expanded codes, 2 plain ones */
+#define FP8_BLOCK(b, MODE, GBF) \
+    do { if (a->fp8 == 2) FP8_PLAIN(b, MODE, GBF, 1); else FP8_PLAIN(b, MODE, GBF, 0); } while (0)
 #define RUN(B, BITS, VLIN, MODE, GBF, FP8) do { for (int64_t b = begin; b < end; b++) { \
-    if (FP8) FP8_BLOCK(b, MODE, GBF); else TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF); } } while (0)
+    if (FP8) FP8_BLOCK(b, MODE, GBF); else (void)TREE_BLOCK(b, B, BITS, VLIN, MODE, GBF); } } while (0)
 
 #define BY_GRAD(B, BITS, VLIN, MODE, FP8) \
     do { if (a->grad_bf16) RUN(B, BITS, VLIN, MODE, 1, FP8); else RUN(B, BITS, VLIN, MODE, 0, FP8); } while (0)

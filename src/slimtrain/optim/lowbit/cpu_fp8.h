@@ -1,5 +1,5 @@
 /* The fp8 block of cpu.c (state_bits="fp8"): Adam on float8 e4m3 codes with COAT's dynamic range
- * expansion, fp8.py's operations in the same order (same bits; tested). Per block of 256: decode
+ * expansion (or, ``plain``, fp8_expansion=False, without: fp8.quantize_blocks' "e4m3" kinds), fp8.py's operations in the same order (same bits; tested). Per block of 256: decode
  * by a look-up in fp8.expanded_table's row j (one row per block), Adam, the absolute maximum and the
  * smallest nonzero magnitude (from the sign-cleared bit patterns: exact, NaN excluded from the
  * minimum), the block's new j (fp8.expansion_index), then each magnitude |x| / absmax raised to j/4
@@ -51,22 +51,28 @@ INLINE uint32_t e4m3_magnitude(float a) {
     return a != a ? 0x7Fu : (uint32_t)mag;
 }
 
-/* The codes of one moment's block: signed (M: the sign bit of x) or nonnegative (V: no code 0). */
+/* The codes of one moment's block: signed (M: the sign bit of x) or nonnegative (V: no code 0);
+ * ``plain`` (fp8_expansion=False): e4m3 of |x| * (448 / absmax), no exponent. */
 INLINE void encode_fp8(const float *restrict x, uint8_t *restrict codes, float absmax, uint32_t j,
-                       const int nonneg) {
-    const float inv = 1.0f / (absmax < FP8_FLOOR ? FP8_FLOOR : absmax);
+                       const int nonneg, const int plain) {
+    const float floored = absmax < FP8_FLOOR ? FP8_FLOOR : absmax;
+    const float inv = plain ? 448.0f / floored : 1.0f / floored;
     for (int i = 0; i < 256; i++) {
-        uint32_t mag = e4m3_magnitude(expand_magnitude(fabsf(x[i]) * inv, j));
+        float y = fabsf(x[i]) * inv;
+        uint32_t mag = e4m3_magnitude(plain ? y : expand_magnitude(y, j));
         codes[i] = (uint8_t)(nonneg ? (mag < 1 ? 1 : mag) : mag | ((bits_of(x[i]) >> 24) & 0x80u));
     }
 }
 
-INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, const int grad_bf16) {
+INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, const int grad_bf16,
+                      const int plain) {
     const int64_t base = blk * 256;
     uint8_t *restrict mc = a->m_codes + base, *restrict vc = a->v_codes + base;
-    const float *restrict mt = a->m_table + 256 * a->m_expand[blk];
-    const float *restrict vt = a->v_table + 256 * a->v_expand[blk];
-    const float am = a->m_absmax[blk], av = a->v_absmax[blk];
+    /* plain codes: row 17 of the table (e4m3 values), scaled by absmax / 448 (fp8.dequantize_blocks) */
+    const float *restrict mt = a->m_table + 256 * (plain ? 17 : a->m_expand[blk]);
+    const float *restrict vt = a->v_table + 256 * (plain ? 17 : a->v_expand[blk]);
+    const float am = plain ? a->m_absmax[blk] / 448.0f : a->m_absmax[blk];
+    const float av = plain ? a->v_absmax[blk] / 448.0f : a->v_absmax[blk];
     float m[256], v[256], g[256], d[256];
 
     load_grad(a, base, g, 256, grad_bf16);
@@ -85,10 +91,10 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
     write_target(a, base, d, 256, mode);
     const float mam = float_of(mmax), vam = float_of(vmax);
     const uint32_t jm = expansion_index(mam, float_of(mmin)), jv = expansion_index(vam, float_of(vmin));
-    encode_fp8(m, mc, mam, jm, 0);
-    encode_fp8(v, vc, vam, jv, 1);
+    encode_fp8(m, mc, mam, jm, 0, plain);
+    encode_fp8(v, vc, vam, jv, 1, plain);
     a->m_absmax[blk] = mam; a->v_absmax[blk] = vam;
-    a->m_expand[blk] = (uint8_t)jm; a->v_expand[blk] = (uint8_t)jv;
+    if (!plain) { a->m_expand[blk] = (uint8_t)jm; a->v_expand[blk] = (uint8_t)jv; }
 }
 
 #if defined(__AVX2__)
@@ -148,12 +154,14 @@ INLINE void store_bytes8(uint8_t *out, __m256i x) {
 }
 
 INLINE void encode_fp8_avx2(const float *restrict x, uint8_t *restrict codes, float absmax,
-                            uint32_t j, const int nonneg) {
-    const __m256 inv = _mm256_set1_ps(1.0f / (absmax < FP8_FLOOR ? FP8_FLOOR : absmax));
+                            uint32_t j, const int nonneg, const int plain) {
+    const float floored = absmax < FP8_FLOOR ? FP8_FLOOR : absmax;
+    const __m256 inv = _mm256_set1_ps(plain ? 448.0f / floored : 1.0f / floored);
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     for (int i = 0; i < 256; i += 8) {
         __m256 xi = _mm256_loadu_ps(x + i);
-        __m256i mag = e4m3_magnitude8(expand_magnitude8(_mm256_mul_ps(_mm256_and_ps(xi, magnitude), inv), j));
+        __m256 y = _mm256_mul_ps(_mm256_and_ps(xi, magnitude), inv);
+        __m256i mag = e4m3_magnitude8(plain ? y : expand_magnitude8(y, j));
         if (nonneg) mag = _mm256_max_epi32(mag, _mm256_set1_epi32(1));
         else mag = _mm256_or_si256(mag, _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(xi), 24),
                                                           _mm256_set1_epi32(0x80)));
@@ -177,7 +185,7 @@ INLINE uint32_t hmax_epu32(__m256i x) {
 }
 
 INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int mode,
-                           const int grad_bf16) {
+                           const int grad_bf16, const int plain) {
     const __m256 b1 = _mm256_set1_ps(a->hp[0]), omb1 = _mm256_set1_ps(a->hp[1]);
     const __m256 b2 = _mm256_set1_ps(a->hp[2]), omb2 = _mm256_set1_ps(a->hp[3]);
     const __m256 bc2s = _mm256_set1_ps(a->hp[4]), eps = _mm256_set1_ps(a->hp[5]);
@@ -186,9 +194,10 @@ INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int m
     const int64_t base = blk * 256;
     uint8_t *restrict mc = a->m_codes + base, *restrict vc = a->v_codes + base;
     __m256 mf[4], vf[4];
-    load_factors(a->fp8_factors + 32 * a->m_expand[blk], mf);
-    load_factors(a->fp8_factors + 32 * a->v_expand[blk], vf);
-    const __m256 am = _mm256_set1_ps(a->m_absmax[blk]), av = _mm256_set1_ps(a->v_absmax[blk]);
+    load_factors(a->fp8_factors + 32 * (plain ? 17 : a->m_expand[blk]), mf);
+    load_factors(a->fp8_factors + 32 * (plain ? 17 : a->v_expand[blk]), vf);
+    const __m256 am = _mm256_set1_ps(plain ? a->m_absmax[blk] / 448.0f : a->m_absmax[blk]);
+    const __m256 av = _mm256_set1_ps(plain ? a->v_absmax[blk] / 448.0f : a->v_absmax[blk]);
     float m[256], v[256], d[256];
     __m256i mmax = zero, vmax = zero, mmin = inf, vmin = inf;
     for (int i = 0; i < 256; i += 8) {
@@ -218,9 +227,9 @@ INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int m
     const float mam = float_of(hmax_epu32(mmax)), vam = float_of(hmax_epu32(vmax));
     const uint32_t jm = expansion_index(mam, float_of(hmin_epu32(mmin)));
     const uint32_t jv = expansion_index(vam, float_of(hmin_epu32(vmin)));
-    encode_fp8_avx2(m, mc, mam, jm, 0);
-    encode_fp8_avx2(v, vc, vam, jv, 1);
+    encode_fp8_avx2(m, mc, mam, jm, 0, plain);
+    encode_fp8_avx2(v, vc, vam, jv, 1, plain);
     a->m_absmax[blk] = mam; a->v_absmax[blk] = vam;
-    a->m_expand[blk] = (uint8_t)jm; a->v_expand[blk] = (uint8_t)jv;
+    if (!plain) { a->m_expand[blk] = (uint8_t)jm; a->v_expand[blk] = (uint8_t)jv; }
 }
 #endif

@@ -64,10 +64,10 @@ class _Args(ctypes.Structure):
                 ("grad_bf16", ctypes.c_int32), ("fp8", ctypes.c_int32)]
 
 
-# (bits, m kind, v kind) the kernel encodes — what storage._storage gives Adam's moments — and
-# whether they are fp8's expanded e4m3 codes.
-FORMATS = {(8, "signed", "unsigned"): False, (4, "signed", "linear"): False,
-           (8, "e4m3x", "e4m3x+"): True}
+# (bits, m kind, v kind) the kernel encodes — what storage._storage gives Adam's moments — and its
+# fp8 mode: 0 the tree maps, 1 fp8's expanded e4m3 codes, 2 plain e4m3 codes (fp8_expansion=False).
+FORMATS = {(8, "signed", "unsigned"): 0, (4, "signed", "linear"): 0,
+           (8, "e4m3x", "e4m3x+"): 1, (8, "e4m3", "e4m3+"): 2}
 
 
 def _cpu_signature() -> str:
@@ -142,15 +142,20 @@ def available() -> bool:
 
 @functools.cache
 def _table(kind: str, bits: int) -> Tensor:
-    """code → map value; for fp8 the (17, 256) table of expanded values, a row per exponent."""
+    """code → map value; for fp8 (18, 256): the expanded values, a row per exponent, then the
+    plain e4m3 values (row 17, ``fp8_expansion=False``)."""
     if kind in fp8.KINDS:
-        return fp8.expanded_table()
+        return torch.cat([fp8.expanded_table(), fp8.e4m3_values(torch.arange(256))[None]]).contiguous()
     return code_table(kind, bits).contiguous()
 
 
 @functools.cache
 def _fp8_factors() -> Tensor:
-    return fp8.expansion_factors()
+    """(18, 32): ``fp8.expansion_factors`` and, row 17, the plain e4m3 values' (2^(e−7), 1 + f/8,
+    f·2⁻⁹: exact products)."""
+    e, f = torch.arange(16, dtype=torch.float64), torch.arange(8, dtype=torch.float64)
+    plain = torch.cat([2.0 ** (e - 7), 1 + f / 8, f * 2.0**-9]).float()
+    return torch.cat([fp8.expansion_factors(), plain[None]]).contiguous()
 
 
 @functools.cache
@@ -217,15 +222,16 @@ def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor |
     eight float32 hyperparameters of ``kernel._block_step``; ``kinds``: the (m, v) maps, by default
     the tree maps of ``bits`` (a key of ``FORMATS``)."""
     lib = _library()
-    m_kind, v_kind = kinds or next(k[1:] for k, fp8 in FORMATS.items() if k[0] == bits and not fp8)
+    m_kind, v_kind = kinds or next(k[1:] for k, mode in FORMATS.items() if k[0] == bits and not mode)
     args = _Args()
     args.target = None if target is None else target.data_ptr()
     args.direction = None if direction is None else direction.data_ptr()
     args.grad = grad.data_ptr()
     args.m_codes, args.m_absmax = m[0].data_ptr(), m[1].data_ptr()
     args.v_codes, args.v_absmax = v[0].data_ptr(), v[1].data_ptr()
-    if len(m) == 3:  # fp8: the expansion index per block
+    if len(m) == 3:  # expanded fp8: the expansion index per block
         args.m_expand, args.v_expand = m[2].data_ptr(), v[2].data_ptr()
+    if FORMATS[bits, m_kind, v_kind]:
         args.fp8_factors = _fp8_factors().data_ptr()
     args.m_table, args.v_table = _table(m_kind, bits).data_ptr(), _table(v_kind, bits).data_ptr()
     args.m_tree, args.v_tree = _tree(m_kind, bits), _tree(v_kind, bits)

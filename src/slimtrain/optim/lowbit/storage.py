@@ -9,7 +9,8 @@
   keep float32 moments: codes would save a few bytes for their error.
 * ``"fp8"`` — float8 e4m3 codes in the 8-bit layout with COAT's dynamic range expansion (``fp8.py``):
   kinds ``"e4m3x"`` for signed moments, ``"e4m3x+"`` (no zero code) for nonnegative ones; one more
-  uint8 per block, the expansion exponent (``{name}_expand``).
+  uint8 per block, the expansion exponent (``{name}_expand``); ``fp8_expansion=False``: plain
+  ``"e4m3"`` / ``"e4m3+"`` codes (torchao's AdamWFp8's), no third part.
 
 Moments stored in the parameter's dtype take the unchanged path; Adam's others take the one-pass
 one-pass kernel of ``kernel.py`` (the C kernel of ``native.py`` on CPUs) (bf16 parameters optionally with stochastic rounding).
@@ -107,7 +108,8 @@ def _storage(group: dict, dtype: torch.dtype, numel: int, signed: bool) -> Stora
     if numel < group["quantize_min_numel"]:
         return Storage(torch.float32)
     if bits == "fp8":
-        return Storage(bits=8, kind="e4m3x" if signed else "e4m3x+")
+        kind = "e4m3x" if group.get("fp8_expansion", True) else "e4m3"
+        return Storage(bits=8, kind=kind if signed else kind + "+")
     return Storage(bits=bits, kind="signed" if signed else "unsigned" if bits == 8 else "linear")
 
 

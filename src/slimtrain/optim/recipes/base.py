@@ -88,6 +88,7 @@ class Runtime(Spike):
     fused: bool | None = like(PipelineOptions, "fused")
     check_finite: bool = like(PipelineOptions, "check_finite")
     state_bits: int | str | None = like(PipelineOptions, "state_bits")
+    fp8_expansion: bool = like(PipelineOptions, "fp8_expansion")
     quantize_min_numel: int = like(PipelineOptions, "quantize_min_numel")
     stochastic_rounding: bool = like(PipelineOptions, "stochastic_rounding")
 
