@@ -32,9 +32,8 @@ typedef struct {
     float *direction;          /* float32 output of the projected path */
     uint8_t *m_codes, *v_codes;
     float *m_absmax, *v_absmax;
-    const float *m_table, *v_table;   /* code -> map value; fp8: fp8.expanded_table (17 x 256) */
+    const float *m_table, *v_table;   /* code -> map value; fp8: expanded_table + e4m3 (18 x 256) */
     uint8_t *m_expand, *v_expand;     /* fp8: the expansion index j per block (k = j / 4) */
-    const float *fp8_factors;         /* fp8: fp8.expansion_factors (17 x 32), the AVX2 decoder's */
     tree_t m_tree, v_tree;
     float hp[8];               /* beta1, 1-beta1, beta2, 1-beta2, sqrt(bc2), eps, decay, step */
     int64_t index0;            /* element index of block 0 in the tensor (stochastic rounding) */
@@ -274,4 +273,4 @@ int slimtrain_fp8_simd_width(void) {
 #endif
 }
 
-int slimtrain_abi_version(void) { return 4; }
+int slimtrain_abi_version(void) { return 5; }

@@ -1,13 +1,15 @@
 /* The fp8 block of cpu.c (state_bits="fp8"): Adam on float8 e4m3 codes with COAT's dynamic range
- * expansion (or, ``plain``, fp8_expansion=False, without: fp8.quantize_blocks' "e4m3" kinds), fp8.py's operations in the same order (same bits; tested). Per block of 256: decode
- * by a look-up in fp8.expanded_table's row j (one row per block), Adam, the absolute maximum and the
- * smallest nonzero magnitude (from the sign-cleared bit patterns: exact, NaN excluded from the
- * minimum), the block's new j (fp8.expansion_index), then each magnitude |x| / absmax raised to j/4
- * (two square roots, binary exponentiation) and rounded to e4m3 (fp8.e4m3_bits).
+ * expansion (or, ``plain``, fp8_expansion=False, without: fp8.quantize_blocks' "e4m3" kinds),
+ * fp8.py's operations in the same order (same bits; tested). Per block of 256: decode by a look-up
+ * in the block's row of the table (fp8.expanded_table's row j, or row 17: the e4m3 values), Adam,
+ * the absolute maximum and the smallest nonzero magnitude (from the sign-cleared bit patterns:
+ * exact, NaN excluded from the minimum), the block's new j (fp8.expansion_index), then each
+ * magnitude |x| / absmax raised to j/4 (up to two square roots, binary exponentiation) and
+ * rounded to e4m3 (fp8.e4m3_bits).
  *
  * block_fp8 is plain C for the auto-vectorizer; block_fp8_avx2 the same with 8-lane AVX2
- * intrinsics, decoding by permutes from the table's factors instead of gathers (slow on the AMD
- * CPUs measured), used where the compiler targets AVX2 unless SLIMTRAIN_NATIVE=portable. */
+ * intrinsics after a scalar decode, used where the compiler targets AVX2 unless
+ * SLIMTRAIN_NATIVE=portable. */
 
 #define FP8_FLOOR 7.88860905e-31f      /* 2**-110: fp8.quantize_blocks' floor of absmax */
 #define FP8_SMALLEST 0.001953125f      /* 2**-9: e4m3's smallest subnormal */
@@ -27,13 +29,16 @@ INLINE uint32_t expansion_index(float absmax, float absmin) {
     return count < 1 ? 1 : count;
 }
 
-/* fp8.expand_magnitudes: 448 * a^(j/4). The squares are floored at 2**-60 (a power j uses is at
- * least 2**-9 / 448): an unused one must not turn subnormal, which costs a microcode assist per lane
- * on x86 (measured: the encoder 5x slower). */
-INLINE float expand_magnitude(float a, const uint32_t j) {
-    float b = sqrtf(sqrtf(a)), r = 1.0f;
-    for (int bit = 0; bit < 5; bit++) {
-        r = (j >> bit) & 1u ? r * b : r;
+/* fp8.expand_magnitudes: 448 * a^(j/4) with j = n * 2^t (t <= 2): a, sqrt(a) or sqrt(sqrt(a)) for
+ * t = 2, 1, 0, then its n-th power. The squares are floored at 2**-60 (a power n uses is at least
+ * 2**-9 / 448): an unused one must not turn subnormal, which costs a microcode assist per lane on
+ * x86 (measured: the encoder 5x slower). */
+INLINE uint32_t pow_twos(uint32_t j) { return j % 4 == 0 ? 2 : j % 2 == 0 ? 1 : 0; }
+
+INLINE float expand_magnitude(float a, const uint32_t t, const uint32_t n) {
+    float b = t == 2 ? a : t == 1 ? sqrtf(a) : sqrtf(sqrtf(a)), r = 1.0f;
+    for (int bit = 0; bit < 4; bit++) {
+        r = (n >> bit) & 1u ? r * b : r;
         float bb = b * b;
         b = bb < FP8_POW_FLOOR ? FP8_POW_FLOOR : bb;  /* NaN stays NaN, as torch's clamp_min */
     }
@@ -51,17 +56,27 @@ INLINE uint32_t e4m3_magnitude(float a) {
     return a != a ? 0x7Fu : (uint32_t)mag;
 }
 
-/* The codes of one moment's block: signed (M: the sign bit of x) or nonnegative (V: no code 0);
- * ``plain`` (fp8_expansion=False): e4m3 of |x| * (448 / absmax), no exponent. */
+/* One moment's codes: signed (M: the sign bit of x) or nonnegative (V: no code 0); ``plain``
+ * (fp8_expansion=False): e4m3 of |x| * (448 / absmax), no exponent. ``t`` (pow_twos) is a constant
+ * in each inlined copy, so that the auto-vectorizer sees one loop without a per-element branch. */
+INLINE void encode_fp8_loop(const float *restrict x, uint8_t *restrict codes, float inv,
+                            const uint32_t t, uint32_t n, const int nonneg, const int plain) {
+    for (int i = 0; i < 256; i++) {
+        float y = fabsf(x[i]) * inv;
+        uint32_t mag = e4m3_magnitude(plain ? y : expand_magnitude(y, t, n));
+        codes[i] = (uint8_t)(nonneg ? (mag < 1 ? 1 : mag) : mag | ((bits_of(x[i]) >> 24) & 0x80u));
+    }
+}
+
 INLINE void encode_fp8(const float *restrict x, uint8_t *restrict codes, float absmax, uint32_t j,
                        const int nonneg, const int plain) {
     const float floored = absmax < FP8_FLOOR ? FP8_FLOOR : absmax;
     const float inv = plain ? 448.0f / floored : 1.0f / floored;
-    for (int i = 0; i < 256; i++) {
-        float y = fabsf(x[i]) * inv;
-        uint32_t mag = e4m3_magnitude(plain ? y : expand_magnitude(y, j));
-        codes[i] = (uint8_t)(nonneg ? (mag < 1 ? 1 : mag) : mag | ((bits_of(x[i]) >> 24) & 0x80u));
-    }
+    const uint32_t t = pow_twos(j), n = j >> t;
+    if (plain) encode_fp8_loop(x, codes, inv, 0, 0, nonneg, 1);
+    else if (t == 2) encode_fp8_loop(x, codes, inv, 2, n, nonneg, 0);
+    else if (t == 1) encode_fp8_loop(x, codes, inv, 1, n, nonneg, 0);
+    else encode_fp8_loop(x, codes, inv, 0, n, nonneg, 0);
 }
 
 INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, const int grad_bf16,
@@ -90,7 +105,8 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
     }
     write_target(a, base, d, 256, mode);
     const float mam = float_of(mmax), vam = float_of(vmax);
-    const uint32_t jm = expansion_index(mam, float_of(mmin)), jv = expansion_index(vam, float_of(vmin));
+    const uint32_t jm = plain ? 0 : expansion_index(mam, float_of(mmin));
+    const uint32_t jv = plain ? 0 : expansion_index(vam, float_of(vmin));
     encode_fp8(m, mc, mam, jm, 0, plain);
     encode_fp8(v, vc, vam, jv, 1, plain);
     a->m_absmax[blk] = mam; a->v_absmax[blk] = vam;
@@ -102,11 +118,13 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
 #include <immintrin.h>
 
 INLINE __m256 expand_magnitude8(__m256 a, const uint32_t j) {
-    __m256 b = _mm256_sqrt_ps(_mm256_sqrt_ps(a)), r = _mm256_set1_ps(1.0f);
+    const uint32_t t = pow_twos(j), n = j >> t;  /* the block's: uniform branches */
+    __m256 b = t == 2 ? a : t == 1 ? _mm256_sqrt_ps(a) : _mm256_sqrt_ps(_mm256_sqrt_ps(a));
+    __m256 r = _mm256_set1_ps(1.0f);
     const __m256 floor = _mm256_set1_ps(FP8_POW_FLOOR);
-    for (int bit = 0; bit < 5; bit++) {
-        if ((j >> bit) & 1u) r = _mm256_mul_ps(r, b);  /* j is the block's: a uniform branch */
-        if (!(j >> (bit + 1))) break;                   /* no higher bit: no more squares needed */
+    for (int bit = 0; bit < 4; bit++) {
+        if ((n >> bit) & 1u) r = _mm256_mul_ps(r, b);
+        if (!(n >> (bit + 1))) break;                   /* no higher bit: no more squares needed */
         b = _mm256_max_ps(floor, _mm256_mul_ps(b, b));  /* max_ps(x, NaN) is NaN, as clamp_min */
     }
     return _mm256_mul_ps(r, _mm256_set1_ps(448.0f));
@@ -124,26 +142,6 @@ INLINE __m256i e4m3_magnitude8(__m256 a) {
     mag = _mm256_min_epi32(mag, _mm256_set1_epi32(0x7E));
     __m256 nan = _mm256_cmp_ps(a, a, _CMP_UNORD_Q);
     return _mm256_blendv_epi8(mag, _mm256_set1_epi32(0x7F), _mm256_castps_si256(nan));
-}
-
-/* fp8.expanded_table[j] of 8 codes, rebuilt from row j of fp8.expansion_factors with in-register
- * permutes (no gather): A[e] * B[f] (the same float32 product), S[f] for e = 0, NaN for 0x7F, and
- * the code's sign. ``f``: the row's four vectors A[0:8], A[8:16], B, S. */
-INLINE __m256 decode_fp8x8(__m256i c, const __m256 *f) {
-    const __m256i e = _mm256_and_si256(_mm256_srli_epi32(c, 3), _mm256_set1_epi32(15));
-    const __m256i m = _mm256_and_si256(c, _mm256_set1_epi32(7));
-    __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(f[0], e), _mm256_permutevar8x32_ps(f[1], e),
-                                _mm256_castsi256_ps(_mm256_slli_epi32(e, 28)));  /* e >= 8 */
-    __m256 value = _mm256_mul_ps(a, _mm256_permutevar8x32_ps(f[2], m));
-    __m256i sub = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
-    value = _mm256_blendv_ps(value, _mm256_permutevar8x32_ps(f[3], m), _mm256_castsi256_ps(sub));
-    __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x7F)), _mm256_set1_epi32(0x7F));
-    value = _mm256_blendv_ps(value, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), _mm256_castsi256_ps(nan));
-    return _mm256_or_ps(value, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24)));
-}
-
-INLINE void load_factors(const float *row, __m256 *f) {
-    for (int k = 0; k < 4; k++) f[k] = _mm256_loadu_ps(row + 8 * k);
 }
 
 /* 8 int32 lanes (each < 256) to 8 bytes at ``out``. */
@@ -193,12 +191,14 @@ INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int m
     const __m256i inf = _mm256_set1_epi32((int32_t)FP8_INF_BITS);
     const int64_t base = blk * 256;
     uint8_t *restrict mc = a->m_codes + base, *restrict vc = a->v_codes + base;
-    __m256 mf[4], vf[4];
-    load_factors(a->fp8_factors + 32 * (plain ? 17 : a->m_expand[blk]), mf);
-    load_factors(a->fp8_factors + 32 * (plain ? 17 : a->v_expand[blk]), vf);
+    const float *restrict mt = a->m_table + 256 * (plain ? 17 : a->m_expand[blk]);
+    const float *restrict vt = a->v_table + 256 * (plain ? 17 : a->v_expand[blk]);
     const __m256 am = _mm256_set1_ps(plain ? a->m_absmax[blk] / 448.0f : a->m_absmax[blk]);
     const __m256 av = _mm256_set1_ps(plain ? a->v_absmax[blk] / 448.0f : a->v_absmax[blk]);
     float m[256], v[256], d[256];
+    /* decode: scalar look-ups of the block's table row (faster here than rebuilding the values
+     * with permutes or from the code's bits, and than AVX2 gathers: measured) */
+    for (int i = 0; i < 256; i++) { m[i] = mt[mc[i]]; v[i] = vt[vc[i]]; }
     __m256i mmax = zero, vmax = zero, mmin = inf, vmin = inf;
     for (int i = 0; i < 256; i += 8) {
         __m256 g;
@@ -208,10 +208,8 @@ INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int m
         } else {
             g = _mm256_loadu_ps((const float *)a->grad + base + i);
         }
-        __m256i mi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(mc + i)));
-        __m256i vi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(vc + i)));
-        __m256 mo = _mm256_mul_ps(decode_fp8x8(mi, mf), am);
-        __m256 vo = _mm256_mul_ps(decode_fp8x8(vi, vf), av);
+        __m256 mo = _mm256_mul_ps(_mm256_loadu_ps(m + i), am);
+        __m256 vo = _mm256_mul_ps(_mm256_loadu_ps(v + i), av);
         __m256 mn = _mm256_add_ps(_mm256_mul_ps(mo, b1), _mm256_mul_ps(g, omb1));
         __m256 vn = _mm256_add_ps(_mm256_mul_ps(vo, b2), _mm256_mul_ps(_mm256_mul_ps(g, omb2), g));
         _mm256_storeu_ps(d + i, _mm256_div_ps(mn, _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vn), bc2s), eps)));
@@ -219,14 +217,15 @@ INLINE void block_fp8_avx2(const step_args *restrict a, int64_t blk, const int m
         __m256i ma = _mm256_and_si256(_mm256_castps_si256(mn), magnitude);
         __m256i va = _mm256_and_si256(_mm256_castps_si256(vn), magnitude);
         mmax = _mm256_max_epu32(mmax, ma); vmax = _mm256_max_epu32(vmax, va);
+        if (plain) continue;  /* no expansion: no minimum */
         /* nonzero magnitudes only: a zero lane becomes inf's bits, which never lowers the minimum */
         mmin = _mm256_min_epu32(mmin, _mm256_blendv_epi8(ma, inf, _mm256_cmpeq_epi32(ma, zero)));
         vmin = _mm256_min_epu32(vmin, _mm256_blendv_epi8(va, inf, _mm256_cmpeq_epi32(va, zero)));
     }
     write_target(a, base, d, 256, mode);
     const float mam = float_of(hmax_epu32(mmax)), vam = float_of(hmax_epu32(vmax));
-    const uint32_t jm = expansion_index(mam, float_of(hmin_epu32(mmin)));
-    const uint32_t jv = expansion_index(vam, float_of(hmin_epu32(vmin)));
+    const uint32_t jm = plain ? 0 : expansion_index(mam, float_of(hmin_epu32(mmin)));
+    const uint32_t jv = plain ? 0 : expansion_index(vam, float_of(hmin_epu32(vmin)));
     encode_fp8_avx2(m, mc, mam, jm, 0, plain);
     encode_fp8_avx2(v, vc, vam, jv, 1, plain);
     a->m_absmax[blk] = mam; a->v_absmax[blk] = vam;

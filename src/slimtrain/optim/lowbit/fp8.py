@@ -42,11 +42,12 @@ j an integer 1…16 (one uint8 per block, the ``expand`` part), the largest that
 magnitude at or above 2⁻⁹ — so both directions are exact IEEE float32 operations that any
 implementation reproduces bit for bit (no pow, whose last bit differs between libms):
 
-* encode: q = √√(|x|·(1/absmax)), then q^j by binary exponentiation (r·b for each set bit of j,
-  low bit first, b squared between), times 448, rounded to e4m3 as above;
+* encode: with j = n·2^t (t ≤ 2 the trailing zero bits), q = |x|·(1/absmax) and, for t < 2, its
+  square root taken 2 − t times, then q^n by binary exponentiation (r·b for each set bit of n, low
+  bit first, b squared between), times 448, rounded to e4m3 as above;
 * decode: a table look-up — ``expanded_table()[j, code]`` ≈ (e4m3(code)/448)^(4/j), defined as the
-  float32 product of an exponent factor and a mantissa factor (``expansion_factors``) so that the
-  AVX2 kernel can rebuild it with permutes — times absmax (j 0, a state written before expansion,
+  float32 product of an exponent factor and a mantissa factor (``expansion_factors``; a definition
+  kept so that saved states decode to the same bits as before) — times absmax (j 0, a state written before expansion,
   is k = 1).
 
 Measured (``python benchmarks/fp8_expansion.py``: a tiny LLaMA trained with fp32 AdamW on real
@@ -57,8 +58,8 @@ steps lose little). Over 50 synthetic AdamW steps (tests/optim/test_fp8_states.p
 against fp32: 0.029 expanded, 0.052 plain (torchao's AdamWFp8 0.052), 0.020 the 8-bit tree.
 
 The math is plain torch ops (CPU, CUDA, torch.compile; CUDA not run here: no GPU); ``cpu_fp8.h``
-does the same integer and float operations in C (plain C, and AVX2 decoding from
-``expansion_factors`` by permutes), giving the same bits (tested). Square roots are correctly
+does the same integer and float operations in C (plain C and AVX2; both decode by scalar look-ups
+of the block's table row), giving the same bits (tested for every code and every j). Square roots are correctly
 rounded on both sides (``rules.adam.sqrt_rn``: torch's eager float32 sqrt can be an ulp off).
 """
 
@@ -130,14 +131,18 @@ def expansion_index(absmax: Tensor, absmin: Tensor) -> Tensor:
 
 
 def expand_magnitudes(a: Tensor, j: Tensor) -> Tensor:
-    """448·a^(j/4) for a in [0, 1] (rows) and j per row: √√a, then its j-th power by binary
-    exponentiation — the operations ``cpu_fp8.h`` does, in the same order (correctly rounded
-    square roots)."""
-    b = sqrt_rn(sqrt_rn(a))
-    r = torch.ones_like(b)
+    """448·a^(j/4) for a in [0, 1] (rows) and j per row. With j = n·2^t, t the trailing zero bits
+    of j up to 2: a itself (t = 2), √a (t = 1) or √√a (t = 0), then its n-th power by binary
+    exponentiation — the operations ``cpu_fp8.h`` does, in the same order (correctly rounded square
+    roots; a j with factors of 2 skips square roots, the costly operation there)."""
     j = j.to(torch.int32).unsqueeze(1)
-    for bit in range(5):  # j ≤ 16
-        r = torch.where(((j >> bit) & 1).bool(), r * b, r)
+    t = torch.where(j % 4 == 0, 2, torch.where(j % 2 == 0, 1, 0))
+    n = j >> t
+    root = sqrt_rn(a)
+    b = torch.where(t == 2, a, torch.where(t == 1, root, sqrt_rn(root)))
+    r = torch.ones_like(b)
+    for bit in range(4):  # n ≤ 15
+        r = torch.where(((n >> bit) & 1).bool(), r * b, r)
         b = (b * b).clamp_min(_POW_FLOOR)  # cpu_fp8.h: no subnormal squares (a used one is ≥ 2⁻⁹/448)
     return r * E4M3_MAX
 
@@ -146,8 +151,8 @@ def expansion_factors() -> Tensor:
     """(17, 32) float32: per row j (k = j/4; row 0 is row 4, k = 1) the factors of the expanded
     values, each (…)^(4/j) in float64 rounded to float32: [0:16] A[e] = (2^(e−7)/448)^(4/j) for the
     exponent field e, [16:24] B[f] = (1 + f/8)^(4/j) for the mantissa field f, [24:32]
-    S[f] = (f·2⁻⁹/448)^(4/j) for the subnormals. ``cpu_fp8.h``'s AVX2 path decodes from these with
-    in-register permutes (gathers are slow on some x86 CPUs)."""
+    S[f] = (f·2⁻⁹/448)^(4/j) for the subnormals. The table is defined by these products (not by a
+    pow per entry) so that it has one exact float32 value everywhere."""
     j = torch.arange(_QUARTERS + 1, dtype=torch.float64)
     j[0] = 4
     power = (4 / j).unsqueeze(1)

@@ -42,7 +42,7 @@ SOURCE = Path(__file__).with_name("cpu.c")
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("cpu_fp8.h", "cpu_avx512.h"))
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 NATIVE_FLAGS = ["-march=native"]  # tried first; some compilers/targets lack it
-_ABI = 4
+_ABI = 5
 _MIN_BLOCKS_PER_THREAD = 256  # below this a thread costs more than it saves
 
 
@@ -57,7 +57,7 @@ class _Args(ctypes.Structure):
                 ("v_codes", ctypes.c_void_p), ("m_absmax", ctypes.c_void_p),
                 ("v_absmax", ctypes.c_void_p), ("m_table", ctypes.c_void_p),
                 ("v_table", ctypes.c_void_p), ("m_expand", ctypes.c_void_p),
-                ("v_expand", ctypes.c_void_p), ("fp8_factors", ctypes.c_void_p),
+                ("v_expand", ctypes.c_void_p),
                 ("m_tree", _Tree), ("v_tree", _Tree),
                 ("hp", ctypes.c_float * 8), ("index0", ctypes.c_int64), ("key", ctypes.c_uint32),
                 ("bits", ctypes.c_int32), ("param_mode", ctypes.c_int32),
@@ -150,15 +150,6 @@ def _table(kind: str, bits: int) -> Tensor:
 
 
 @functools.cache
-def _fp8_factors() -> Tensor:
-    """(18, 32): ``fp8.expansion_factors`` and, row 17, the plain e4m3 values' (2^(e−7), 1 + f/8,
-    f·2⁻⁹: exact products)."""
-    e, f = torch.arange(16, dtype=torch.float64), torch.arange(8, dtype=torch.float64)
-    plain = torch.cat([2.0 ** (e - 7), 1 + f / 8, f * 2.0**-9]).float()
-    return torch.cat([fp8.expansion_factors(), plain[None]]).contiguous()
-
-
-@functools.cache
 def _tree(kind: str, bits: int) -> _Tree:
     tree = _Tree()
     if kind not in ("signed", "unsigned"):  # linear and e4m3 encode without a tree
@@ -231,8 +222,6 @@ def adam_step(bits: int, blocks: int, target: Tensor | None, direction: Tensor |
     args.v_codes, args.v_absmax = v[0].data_ptr(), v[1].data_ptr()
     if len(m) == 3:  # expanded fp8: the expansion index per block
         args.m_expand, args.v_expand = m[2].data_ptr(), v[2].data_ptr()
-    if FORMATS[bits, m_kind, v_kind]:
-        args.fp8_factors = _fp8_factors().data_ptr()
     args.m_table, args.v_table = _table(m_kind, bits).data_ptr(), _table(v_kind, bits).data_ptr()
     args.m_tree, args.v_tree = _tree(m_kind, bits), _tree(v_kind, bits)
     args.hp[:] = hp.tolist()
