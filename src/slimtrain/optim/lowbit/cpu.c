@@ -143,6 +143,25 @@ INLINE float adam_element(const float *hp, float mo, float vo, float g, float *m
     return *mn / (sqrtf(*vn) / hp[4] + hp[5]);
 }
 
+/* Adam over B elements decoded by table look-up (codes mu / vu into tables mt / vt, times the
+ * block's scales am / av): the new moments into m / v, the directions into d, and the largest
+ * magnitudes' bit patterns (sign cleared: exact) into *mmax / *vmax. The tree and fp8 blocks share it. */
+INLINE void adam_decoded(const float *hp, const float *restrict mt, const uint8_t *restrict mu,
+                         float am, const float *restrict vt, const uint8_t *restrict vu, float av,
+                         const float *restrict g, float *restrict m, float *restrict v,
+                         float *restrict d, const int B, uint32_t *mmax_out, uint32_t *vmax_out) {
+    uint32_t mmax = 0, vmax = 0;
+    for (int i = 0; i < B; i++) {
+        float mn, vn;
+        d[i] = adam_element(hp, mt[mu[i]] * am, vt[vu[i]] * av, g[i], &mn, &vn);
+        m[i] = mn; v[i] = vn;
+        uint32_t ma = bits_of(mn) & 0x7FFFFFFFu, va = bits_of(vn) & 0x7FFFFFFFu;
+        mmax = ma > mmax ? ma : mmax;
+        vmax = va > vmax ? va : vmax;
+    }
+    *mmax_out = mmax; *vmax_out = vmax;
+}
+
 /* The parameter update p = p * decay + step * d of B elements at ``base`` (or the direction d). */
 INLINE void write_target(const step_args *restrict a, int64_t base, const float *restrict d,
                          const int B, const int mode) {
@@ -176,16 +195,8 @@ INLINE void block(const step_args *restrict a, int64_t blk, const int B, const i
 
     load_grad(a, base, g, B, grad_bf16);
     unpack_codes(mc, vc, mu, vu, B, bits);
-    uint32_t mmax = 0, vmax = 0;
-    for (int i = 0; i < B; i++) {
-        float mo = mt[mu[i]] * am, vo = vt[vu[i]] * av;
-        float mn, vn;
-        d[i] = adam_element(a->hp, mo, vo, g[i], &mn, &vn);
-        m[i] = mn; v[i] = vn;
-        uint32_t ma = bits_of(mn) & 0x7FFFFFFFu, va = bits_of(vn) & 0x7FFFFFFFu;
-        mmax = ma > mmax ? ma : mmax;
-        vmax = va > vmax ? va : vmax;
-    }
+    uint32_t mmax, vmax;
+    adam_decoded(a->hp, mt, mu, am, vt, vu, av, g, m, v, d, B, &mmax, &vmax);
     write_target(a, base, d, B, mode);
     /* codec.quantize_blocks: divide by absmax clamped to the smallest normal float */
     const float mam = float_of(mmax), vam = float_of(vmax);

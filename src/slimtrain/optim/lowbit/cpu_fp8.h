@@ -91,19 +91,16 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
     float m[256], v[256], g[256], d[256];
 
     load_grad(a, base, g, 256, grad_bf16);
-    uint32_t mmax = 0, vmax = 0, mmin = FP8_INF_BITS, vmin = FP8_INF_BITS;
-    for (int i = 0; i < 256; i++) {
-        float mo = mt[mc[i]] * am, vo = vt[vc[i]] * av;
-        float mn, vn;
-        d[i] = adam_element(a->hp, mo, vo, g[i], &mn, &vn);
-        m[i] = mn; v[i] = vn;
-        uint32_t ma = bits_of(mn) & 0x7FFFFFFFu, va = bits_of(vn) & 0x7FFFFFFFu;
-        mmax = ma > mmax ? ma : mmax;
-        vmax = va > vmax ? va : vmax;
-        mmin = ma != 0 && ma < mmin ? ma : mmin;  /* NaN's bits exceed inf's: never the minimum */
-        vmin = va != 0 && va < vmin ? va : vmin;
-    }
+    uint32_t mmax, vmax, mmin = FP8_INF_BITS, vmin = FP8_INF_BITS;
+    adam_decoded(a->hp, mt, mc, am, vt, vc, av, g, m, v, d, 256, &mmax, &vmax);
     write_target(a, base, d, 256, mode);
+    if (!plain) {  /* the smallest nonzero magnitudes; NaN's bits exceed inf's: never the minimum */
+        for (int i = 0; i < 256; i++) {
+            uint32_t ma = bits_of(m[i]) & 0x7FFFFFFFu, va = bits_of(v[i]) & 0x7FFFFFFFu;
+            mmin = ma != 0 && ma < mmin ? ma : mmin;
+            vmin = va != 0 && va < vmin ? va : vmin;
+        }
+    }
     const float mam = float_of(mmax), vam = float_of(vmax);
     const uint32_t jm = plain ? 0 : expansion_index(mam, float_of(mmin));
     const uint32_t jv = plain ? 0 : expansion_index(vam, float_of(vmin));
