@@ -114,8 +114,8 @@ INLINE void block_fp8(const step_args *restrict a, int64_t blk, const int mode, 
 #define FP8_SIMD8 1
 #include <immintrin.h>
 
-INLINE __m256 expand_magnitude8(__m256 a, const uint32_t j) {
-    const uint32_t t = pow_twos(j), n = j >> t;  /* the block's: uniform branches */
+/* expand_magnitude for 8 lanes; t and n are the block's, so the branches are uniform. */
+INLINE __m256 expand_magnitude8(__m256 a, const uint32_t t, const uint32_t n) {
     __m256 b = t == 2 ? a : t == 1 ? _mm256_sqrt_ps(a) : _mm256_sqrt_ps(_mm256_sqrt_ps(a));
     __m256 r = _mm256_set1_ps(1.0f);
     const __m256 floor = _mm256_set1_ps(FP8_POW_FLOOR);
@@ -153,10 +153,11 @@ INLINE void encode_fp8_avx2(const float *restrict x, uint8_t *restrict codes, fl
     const float floored = absmax < FP8_FLOOR ? FP8_FLOOR : absmax;
     const __m256 inv = _mm256_set1_ps(plain ? 448.0f / floored : 1.0f / floored);
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const uint32_t t = pow_twos(j), n = j >> t;
     for (int i = 0; i < 256; i += 8) {
         __m256 xi = _mm256_loadu_ps(x + i);
         __m256 y = _mm256_mul_ps(_mm256_and_ps(xi, magnitude), inv);
-        __m256i mag = e4m3_magnitude8(plain ? y : expand_magnitude8(y, j));
+        __m256i mag = e4m3_magnitude8(plain ? y : expand_magnitude8(y, t, n));
         if (nonneg) mag = _mm256_max_epi32(mag, _mm256_set1_epi32(1));
         else mag = _mm256_or_si256(mag, _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(xi), 24),
                                                           _mm256_set1_epi32(0x80)));

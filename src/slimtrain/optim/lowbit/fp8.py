@@ -47,8 +47,8 @@ implementation reproduces bit for bit (no pow, whose last bit differs between li
   bit first, b squared between), times 448, rounded to e4m3 as above;
 * decode: a table look-up — ``expanded_table()[j, code]`` ≈ (e4m3(code)/448)^(4/j), defined as the
   float32 product of an exponent factor and a mantissa factor (``expansion_factors``; a definition
-  kept so that saved states decode to the same bits as before) — times absmax (j 0, a state written before expansion,
-  is k = 1).
+  kept so that saved states decode to the same bits as before) — times absmax (j 0, a state
+  written before expansion, is k = 1).
 
 Measured (``python benchmarks/fp8_expansion.py``: a tiny LLaMA trained with fp32 AdamW on real
 text, the moments quantized at steps 5, 20 and 100; relative error of Adam's update m/√v, mean over
@@ -59,8 +59,9 @@ against fp32: 0.029 expanded, 0.052 plain (torchao's AdamWFp8 0.052), 0.020 the 
 
 The math is plain torch ops (CPU, CUDA, torch.compile; CUDA not run here: no GPU); ``cpu_fp8.h``
 does the same integer and float operations in C (plain C and AVX2; both decode by scalar look-ups
-of the block's table row), giving the same bits (tested for every code and every j). Square roots are correctly
-rounded on both sides (``rules.adam.sqrt_rn``: torch's eager float32 sqrt can be an ulp off).
+of the block's table row), giving the same bits (tested; decoding for every code and every j).
+Square roots are correctly rounded on both sides (``rules.adam.sqrt_rn``: torch's eager float32
+sqrt can be an ulp off).
 """
 
 from __future__ import annotations
